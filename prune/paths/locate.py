@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ from . import attribution as A
 
 METHODS = ("jas", "activation", "influence_pattern", "layer_ig", "random")
 TARGETS = ("label", "pred")
+_RESULT_TENSORS = ("neurons", "scores", "candidate_scores", "labels", "targets", "target_prob")
 
 
 @dataclass
@@ -38,6 +40,27 @@ class PathResult:
 
     def __len__(self) -> int:
         return self.neurons.shape[0]
+
+    def save(self, path) -> None:
+        """Write to a safetensors file (atomically), settings in its metadata; no pickle."""
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        tensors = {k: getattr(self, k).contiguous() for k in _RESULT_TENSORS if getattr(self, k) is not None}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "prune.PathResult/1", "settings": json.dumps(self.settings)})
+
+    @classmethod
+    def load(cls, path) -> "PathResult":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "prune.PathResult/1":
+                raise ConfigError(f"{path} is not a prune path-result file")
+            tensors = {k: f.get_tensor(k) if k in f.keys() else None for k in _RESULT_TENSORS}
+        return cls(**tensors, settings=json.loads(meta["settings"]))
 
     @staticmethod
     def concat(parts: list["PathResult"]) -> "PathResult":
