@@ -64,6 +64,9 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
     from timm.data import resolve_data_config
 
     local = resolve_model_dir(spec)
+    if local is None and spec.startswith((".", "/", "~")):
+        raise ConfigError(f"model directory {spec} does not exist; give a timm model name or a directory "
+                          "with config.json and model.safetensors")
     if local is not None:
         cfg_file, weights = local / "config.json", local / "model.safetensors"
         if not cfg_file.is_file():
@@ -114,6 +117,8 @@ def _create(timm, name: str, **kwargs) -> nn.Module:
             raise ConfigError(f"unknown model '{name}': give a timm model name (see timm.list_models) "
                               "or a directory with config.json and model.safetensors") from None
         raise
+    except ValueError as e:
+        raise ConfigError(f"model '{name}' could not be built: {str(e).splitlines()[0]}") from None
     except TypeError as e:
         raise ConfigError(f"model '{name}' rejected its arguments: {e}") from None
 

@@ -230,3 +230,20 @@ def test_unsupported_models_and_settings_fail_clearly(images, labels):
         locate_paths(model, images.float(), labels, top_k=0)
     with pytest.raises(ConfigError, match="needs labels"):
         locate_paths(model, images.float(), None)
+
+
+def test_prefix_reuse_equals_recomputation(images, labels):
+    """Reusing the interpolated prefix across stages is an exact saving, not an approximation."""
+    from prune.models import ViTAdapter
+    from prune.paths import attribution as A
+
+    model = trained_tiny_vit().double()
+    vit = ViTAdapter(model)
+    _, acts = A.clean_pass(vit, images, "cls")
+    with A.frozen(model):
+        fast = A.progressive_search(vit, images, labels, acts, steps=3, top_k=2, scope="cls", joint=True)
+        slow = A.progressive_search(vit, images, labels, acts, steps=3, top_k=2, scope="cls", joint=True,
+                                    reuse_prefix=False)
+    assert torch.equal(fast[0], slow[0])
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(fast[2], slow[2], rtol=1e-10, atol=1e-14)

@@ -100,21 +100,38 @@ def jas_from_terms(a_sum: torch.Tensor, g_sum: torch.Tensor, steps: int) -> torc
     return (a_sum * g_sum).sum(1) / steps
 
 
+def extend_with_paths(vit: ViTAdapter, xm: torch.Tensor, h: torch.Tensor, start: int, stop: int,
+                      acts: list[torch.Tensor], paths: list[torch.Tensor], alpha: torch.Tensor, scope: str):
+    """Run layers start..stop-1 from layer `start`'s `(x_mid, h)`, each with its path neurons interpolated.
+
+    Returns the residual stream after block stop-1 and the leaves that replaced each layer's neurons.
+    """
+    m = alpha.shape[0] // acts[0].shape[0]
+    leaves, y = [], None
+    for t in range(start, stop):
+        if t > start:
+            xm, h = vit.pre(t, y)
+        leaf = interpolated(acts[t].repeat_interleave(m, 0), paths[t].repeat_interleave(m, 0), alpha)
+        leaves.append(leaf.requires_grad_())
+        y = vit.post(t, xm, splice(h, leaf, scope))
+    return y, leaves
+
+
 def progressive_search(vit: ViTAdapter, images: torch.Tensor, targets: torch.Tensor, acts: list[torch.Tensor],
-                       *, steps: int, top_k: int, scope: str, joint: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       *, steps: int, top_k: int, scope: str, joint: bool,
+                       reuse_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Layer-progressive locating (Algorithm 1) when `joint`, per-layer IG when not.
 
     Stage t scales the whole scoped vector of layer t by alpha; with `joint`, layers < t
     interpolate their chosen neurons and their gradients and activations enter every candidate's
     score. The prefix of the network up to layer t's neurons does not change from stage t to t+1,
-    so it is computed once and extended (its graph kept for the later backward passes), which
-    halves the forward work; each stage costs one backward.
+    so with `reuse_prefix` it is computed once and extended by one block per stage (its graph kept
+    for the later backward passes), which halves the forward work; each stage costs one backward.
 
     Returns neurons `[n, L, K]`, dense candidate scores `[n, L, D]` and, with `joint`, the JAS of
     the found path (its final extension costs one more block and one backward) else None.
     """
     n, m, L = images.shape[0], steps, vit.depth
-    dtype = acts[0].dtype
     with torch.no_grad():
         x0, h0 = vit.pre(0, vit.embed(images))  # identical for every step: compute once per image
     alpha = step_alphas(n, m, acts[0])
@@ -123,39 +140,43 @@ def progressive_search(vit: ViTAdapter, images: torch.Tensor, targets: torch.Ten
     tgt = rep(targets)
     path_leaves: list[torch.Tensor] = []
     paths: list[torch.Tensor] = []
-    chosen_a = torch.zeros(n, acts[0].shape[1], dtype=dtype, device=x0.device)  # sum_{l<t} a_l[p_l]
+    chosen_a = torch.zeros(n, acts[0].shape[1], dtype=acts[0].dtype, device=x0.device)  # sum_{l<t} a_l[p_l]
     cands = []
     for t in range(L):
-        clean_t = rep(acts[t])
-        leaf = (alpha[:, None, None] * clean_t).requires_grad_()
+        if joint and not reuse_prefix and t > 0:  # recompute the prefix from scratch (for measurement)
+            y, path_leaves = extend_with_paths(vit, rep(x0), rep(h0), 0, t, acts, paths, alpha, scope)
+            xm, h = vit.pre(t, y)
+        leaf = (alpha[:, None, None] * rep(acts[t])).requires_grad_()
         y = vit.post(t, xm, splice(h, leaf, scope))
         for i in range(t + 1, L):
             y = vit.post(i, *vit.pre(i, y))
         prob = target_prob(vit.head(y), tgt)
-        grads = torch.autograd.grad(prob.sum(), [leaf, *path_leaves], retain_graph=joint)
+        grads = torch.autograd.grad(prob.sum(), [leaf, *path_leaves], retain_graph=joint and reuse_prefix)
         del y, prob
         g_t = step_sum(acc(grads[0]), n, m)  # [n, T', D]
         if joint and t > 0:
             _, chosen_g = joint_terms(acts[:t], list(grads[1:]), paths, n, m)
         else:
             chosen_g = torch.zeros_like(chosen_a)
+        del grads
         ja = ((acts[t] + chosen_a[..., None]) * (g_t + chosen_g[..., None])).sum(1) / m  # [n, D]
         p = ja.topk(top_k, dim=-1).indices
         cands.append(ja)
         paths.append(p)
-        del grads
         if joint:
             chosen_a = chosen_a + gather_neurons(acts[t], p).sum(-1)
-            pleaf = interpolated(clean_t, rep(p), alpha).requires_grad_()
-            path_leaves.append(pleaf)
-            y = vit.post(t, xm, splice(h, pleaf, scope))
-            if t + 1 < L:
-                xm, h = vit.pre(t + 1, y)
+            if reuse_prefix:
+                y, new = extend_with_paths(vit, xm, h, t, t + 1, acts, paths, alpha, scope)
+                path_leaves += new
+                if t + 1 < L:
+                    xm, h = vit.pre(t + 1, y)
         elif t + 1 < L:
             with torch.no_grad():  # per-layer IG: the prefix stays clean
                 xm, h = vit.pre(t + 1, vit.post(t, xm, h))
     score = None
     if joint:
+        if not reuse_prefix:
+            y, path_leaves = extend_with_paths(vit, rep(x0), rep(h0), 0, L, acts, paths, alpha, scope)
         prob = target_prob(vit.head(y), tgt)
         grads = torch.autograd.grad(prob.sum(), path_leaves)
         score = jas_from_terms(*joint_terms(acts, list(grads), paths, n, m), m)
@@ -167,17 +188,11 @@ def joint_score(vit: ViTAdapter, images: torch.Tensor, targets: torch.Tensor, ac
     """JAS of given paths (`paths[l]` `[n, K]`): only path neurons are interpolated, in every layer."""
     n, m = images.shape[0], steps
     with torch.no_grad():
-        x = vit.embed(images)
-    rep = lambda t: t.repeat_interleave(m, 0)  # noqa: E731
-    x = rep(x)
+        x0, h0 = vit.pre(0, vit.embed(images))
     alpha = step_alphas(n, m, acts[0])
-    leaves = []
-    for t in range(vit.depth):
-        xm, h = vit.pre(t, x)
-        leaf = interpolated(rep(acts[t]), rep(paths[t]), alpha).requires_grad_()
-        leaves.append(leaf)
-        x = vit.post(t, xm, splice(h, leaf, scope))
-    prob = target_prob(vit.head(x), rep(targets))
+    y, leaves = extend_with_paths(vit, x0.repeat_interleave(m, 0), h0.repeat_interleave(m, 0), 0, vit.depth,
+                                  acts, paths, alpha, scope)
+    prob = target_prob(vit.head(y), targets.repeat_interleave(m, 0))
     grads = torch.autograd.grad(prob.sum(), leaves)
     return jas_from_terms(*joint_terms(acts, list(grads), paths, n, m), m)
 

@@ -15,7 +15,7 @@ from . import attribution as A
 
 METHODS = ("jas", "activation", "influence_pattern", "layer_ig", "random")
 TARGETS = ("label", "pred")
-_RESULT_TENSORS = ("neurons", "scores", "candidate_scores", "labels", "targets", "target_prob")
+_RESULT_TENSORS = ("neurons", "scores", "candidate_scores", "labels", "targets", "target_prob", "rows")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class PathResult:
         or None when `keep_candidates=False`.
     labels: `[N]` the given labels; targets: `[N]` the class whose probability was attributed;
     target_prob: `[N]` that probability on the clean image.
+    rows: `[N]` optional dataset row of each image.
     """
 
     neurons: torch.Tensor
@@ -37,6 +38,7 @@ class PathResult:
     targets: torch.Tensor
     target_prob: torch.Tensor
     settings: dict = field(default_factory=dict)
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.neurons.shape[0]
@@ -65,6 +67,7 @@ class PathResult:
     @staticmethod
     def concat(parts: list["PathResult"]) -> "PathResult":
         cands = [p.candidate_scores for p in parts]
+        rows = [p.rows for p in parts]
         return PathResult(
             neurons=torch.cat([p.neurons for p in parts]),
             scores=torch.cat([p.scores for p in parts]),
@@ -73,6 +76,7 @@ class PathResult:
             targets=torch.cat([p.targets for p in parts]),
             target_prob=torch.cat([p.target_prob for p in parts]),
             settings=parts[0].settings,
+            rows=None if any(r is None for r in rows) else torch.cat(rows),
         )
 
 

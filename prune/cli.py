@@ -1,0 +1,110 @@
+"""The `prune` command. User errors print one line and exit non-zero; nothing is half-written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PruneError
+
+DESCRIPTION = """\
+prune: find the neuron paths a Vision Transformer relies on, and prune the FFN neurons off them.
+
+Subcommands:
+  paths     discover neuron paths for N images of every class and write per-class statistics
+"""
+
+
+def _paths_parser(sub) -> None:
+    p = sub.add_parser(
+        "paths", help="discover neuron paths over a dataset",
+        description="Locate each image's influential neuron path (joint attribution, layer by layer) for "
+                    "N images per class, aggregate per class, and write paths.safetensors, "
+                    "stats.safetensors and summary.json to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="digits-vit",
+                   help="timm model name, a directory with config.json + model.safetensors, or 'digits-vit' (embedded)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random weights (for timm names; no download)")
+    p.add_argument("--data", default="digits",
+                   help="Hugging Face dataset id, a local dataset directory (e.g. parquet shards), or 'digits' (embedded)")
+    p.add_argument("--split", default="test", help="dataset split to draw images from")
+    p.add_argument("--image-column", default=None, help="image column (default: detected)")
+    p.add_argument("--label-column", default=None, help="label column (default: detected)")
+    p.add_argument("--images-per-class", type=int, default=10, help="images drawn from each class")
+    p.add_argument("--method", default="jas",
+                   choices=["jas", "activation", "influence_pattern", "layer_ig", "random"],
+                   help="jas = the paper's layer-progressive joint attribution; the others are its baselines")
+    p.add_argument("--steps", type=int, default=20, help="integrated-gradient steps m")
+    p.add_argument("--top-k", type=int, default=1, help="neurons per layer on each path")
+    p.add_argument("--scope", default="auto", choices=["auto", "cls", "tokens"],
+                   help="neurons read at the CLS token (paper) or as channels over all tokens")
+    p.add_argument("--target", default="label", choices=["label", "pred"],
+                   help="attribute the probability of the true label or of the prediction")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows (images x steps) per chunk; bounds peak memory (default: 4 images)")
+    p.add_argument("--seed", type=int, default=0, help="image sampling and random-path seed")
+    p.add_argument("--no-candidates", dest="keep_candidates", action="store_false",
+                   help="do not keep the dense [L, D] per-image scores (saves memory on large runs)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_paths(args) -> int:
+    from .data import check_source
+    from .paths.discover import DiscoverySettings, discover
+
+    for name in ("images_per_class", "steps", "top_k"):
+        if getattr(args, name) < 1:
+            raise _usage(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise _usage(f"--batch-size must be at least 1, not {args.batch_size}")
+    check_source(args.data)
+    settings = DiscoverySettings(method=args.method, steps=args.steps, top_k=args.top_k, scope=args.scope,
+                                 target=args.target, images_per_class=args.images_per_class,
+                                 batch_size=args.batch_size, seed=args.seed, keep_candidates=args.keep_candidates)
+    summary = discover(args.model, args.data, args.split, settings, args.out, pretrained=args.pretrained,
+                       image_column=args.image_column, label_column=args.label_column, progress=not args.quiet)
+    short = {k: summary[k] for k in ("images", "mean_jas", "mean_target_prob", "probability_deviation",
+                                     "seconds", "images_per_second")}
+    print(json.dumps(short, indent=2))
+    print(f"wrote {args.out}/paths.safetensors, stats.safetensors, summary.json")
+    return 0
+
+
+def _usage(msg: str) -> PruneError:
+    from .errors import ConfigError
+
+    return ConfigError(msg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prune", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"prune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _paths_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"paths": _run_paths}[args.command](args)
+    except PruneError as e:
+        print(f"prune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("prune: interrupted; completed outputs are kept, partial ones were not written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

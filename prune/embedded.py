@@ -1,0 +1,72 @@
+"""The embedded default: scikit-learn's bundled handwritten digits and a small ViT trained on them.
+
+Both work offline on a fresh machine. The model ships in `prune/assets/digits_vit` and is
+reproduced by `python -m prune.embedded` (the project's training loop, a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+DIGITS_ARCH = "vit_tiny_patch16_224"
+DIGITS_KWARGS = dict(img_size=8, patch_size=2, embed_dim=64, depth=6, num_heads=4, mlp_ratio=4.0, num_classes=10)
+DIGITS_MEAN, DIGITS_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+@lru_cache(maxsize=1)
+def digits_dataset():
+    """sklearn's 1,797 8x8 digits as a `DatasetDict` (`img`, `label`): every 5th image is test."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = [Image.fromarray((a * (255 / 16)).round().astype(np.uint8), mode="L") for a in d.images]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    splits = {}
+    for name, keep in (("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 == 0)):
+        rows = [i for i in range(len(imgs)) if keep(i)]
+        splits[name] = datasets.Dataset.from_dict(
+            {"img": [imgs[i] for i in rows], "label": [int(d.target[i]) for i in rows]}, features=features)
+    return datasets.DatasetDict(splits)
+
+
+def train_digits_vit(out_dir: str | Path, epochs: int = 60, seed: int = 0) -> dict:
+    """Train the embedded digits ViT from scratch and write config.json + model.safetensors."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from .data import ImageDataset, make_transform
+    from .finetune import TrainConfig, evaluate, train
+    from .io import atomic_path, write_json
+    from .models import DataConfig
+
+    torch.manual_seed(seed)
+    model = timm.create_model(DIGITS_ARCH, pretrained=False, **DIGITS_KWARGS)
+    tf = make_transform(DataConfig((3, 8, 8), DIGITS_MEAN, DIGITS_STD, "bicubic", 1.0))
+    ds = digits_dataset()
+    train_set = ImageDataset(ds["train"], tf, "img", "label", "train")
+    test_set = ImageDataset(ds["test"], tf, "img", "label", "test")
+    history = train(model, train_set, test_set, TrainConfig(epochs=epochs, batch_size=64, lr=2e-3,
+                                                            warmup_epochs=3, label_smoothing=0.1, seed=seed))
+    model = model.eval()
+    acc = evaluate(model, torch.utils.data.DataLoader(test_set, batch_size=256))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    cfg = {"architecture": DIGITS_ARCH, "model_kwargs": DIGITS_KWARGS, "mean": list(DIGITS_MEAN),
+           "std": list(DIGITS_STD), "dataset": "digits", "epochs": epochs, "seed": seed,
+           "test_top1": acc["top1"], "test_images": acc["images"], "history": history}
+    write_json(out / "config.json", cfg)
+    return cfg
+
+
+if __name__ == "__main__":  # python -m prune.embedded [OUT_DIR]
+    target = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / "assets" / "digits_vit")
+    print(json.dumps({k: v for k, v in train_digits_vit(target).items() if k != "history"}, indent=2))

@@ -1,0 +1,110 @@
+"""Path discovery over a dataset: sample images per class, locate their paths, aggregate per class,
+test the paths by editing them, and write everything to a directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset, find_columns, labels_of, load_split, make_transform, sample_per_class
+from ..io import write_json
+from ..models import ViTAdapter, load_model
+from .attribution import target_prob
+from .locate import PathResult, edit_paths, images_per_chunk, locate_paths
+from .stats import PathStats
+
+
+@dataclass
+class DiscoverySettings:
+    method: str = "jas"
+    steps: int = 20
+    top_k: int = 1
+    scope: str = "auto"
+    target: str = "label"
+    images_per_class: int = 10
+    batch_size: int | None = None
+    seed: int = 0
+    keep_candidates: bool = True
+
+
+def discover(model_spec: str, data_source: str, split: str, settings: DiscoverySettings, out_dir: str | Path, *,
+             pretrained: bool = True, image_column: str | None = None, label_column: str | None = None,
+             progress: bool = True) -> dict:
+    """Run discovery and write `paths.safetensors`, `stats.safetensors`, `summary.json` to `out_dir`.
+
+    Under `accelerate launch` each process takes a share of the images; the per-class stats are
+    summed across processes and the main process writes the files.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    model, data_cfg, spec = load_model(model_spec, pretrained=pretrained)
+    vit = ViTAdapter(model)
+    scope = vit.check_scope(settings.scope)
+    ds = load_split(data_source, split)
+    img_col, lab_col = find_columns(ds, image_column, label_column)
+    num_classes = model.num_classes
+    rows = sample_per_class(labels_of(ds, lab_col), settings.images_per_class, num_classes, settings.seed)
+    dataset = ImageDataset(ds, make_transform(data_cfg), img_col, lab_col, split, rows, num_classes)
+    vit.verify(dataset[0][0][None])
+    model.to(state.device)
+
+    with state.split_between_processes(list(range(len(dataset)))) as mine:
+        subset = torch.utils.data.Subset(dataset, mine)
+        chunk = images_per_chunk(settings.batch_size, settings.steps, settings.method)
+        loader = torch.utils.data.DataLoader(subset, batch_size=chunk)
+        parts, ratios = [], {"remove": [], "enhance": []}
+        bar = tqdm(total=len(subset), desc=f"paths[{settings.method}]", unit="img",
+                   disable=not (progress and state.is_local_main_process))
+        start = time.perf_counter()
+        for i, (x, y, r) in enumerate(loader):
+            res = locate_paths(model, x, y, method=settings.method, steps=settings.steps, top_k=settings.top_k,
+                               scope=scope, target=settings.target, batch_size=settings.batch_size,
+                               progress=False, keep_candidates=settings.keep_candidates, seed=settings.seed + i)
+            res.rows = r
+            parts.append(res)
+            for op, ratio in edit_ratios(model, x.to(state.device), res, scope).items():
+                ratios[op].append(ratio)
+            bar.update(len(x))
+        bar.close()
+        seconds = time.perf_counter() - start
+
+    result = PathResult.concat(parts) if parts else None
+    stats = PathStats.empty(num_classes, vit.depth, vit.widths()[0],
+                            {**asdict(settings), "scope": scope, "model": model_spec})
+    if result is not None:
+        stats.update(result)
+    ratios = {op: torch.cat(r) if r else torch.zeros(0) for op, r in ratios.items()}
+    if state.num_processes > 1:
+        from accelerate import Accelerator
+
+        stats = stats.reduce(Accelerator())
+        result = PathResult.concat([p for p in gather_object([result]) if p is not None])
+        ratios = {op: torch.cat(gather_object([r])) for op, r in ratios.items()}
+    deviation = {op: {"mean_ratio": float(r.mean()), "median_ratio": float(r.median())} for op, r in ratios.items() if len(r)}
+    summary = {
+        "model": model_spec, "architecture": spec.architecture, "data": data_source, "split": split,
+        "settings": stats.settings, "images": int(stats.counts.sum()), "images_per_class": stats.counts.tolist(),
+        "mean_jas": float(stats.jas_sum.sum() / stats.counts.sum().clamp_min(1)),
+        "mean_target_prob": float(result.target_prob.mean()) if result is not None else None,
+        "probability_deviation": deviation, "seconds": seconds,
+        "images_per_second": len(subset) / seconds if seconds > 0 else None,
+        "device": str(state.device), "processes": state.num_processes,
+    }
+    if state.is_main_process:
+        out = Path(out_dir)
+        result.save(out / "paths.safetensors")
+        stats.save(out / "stats.safetensors")
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def edit_ratios(model, x: torch.Tensor, result: PathResult, scope: str) -> dict[str, torch.Tensor]:
+    """p_edit / p_orig of the target class when each image's path neurons are removed or enhanced."""
+    return {op: target_prob(edit_paths(model, x, result.neurons, op, scope=scope), result.targets)
+            / result.target_prob.clamp_min(1e-12) for op in ("remove", "enhance")}
