@@ -1,0 +1,248 @@
+"""Importance criteria for FFN neurons, as Torch-Pruning importance objects.
+
+Every criterion produces a table of scores `[L, D]` (one per FFN neuron of each block; higher =
+keep). Tables are what the importance stage saves and what `TableImportance` serves to
+Torch-Pruning, so the pruner never depends on how a score was made. Classic criteria use
+Torch-Pruning's own importance classes, evaluated on each block's FFN group.
+
+Adding a criterion is one small class with a `name` and a `scores(ctx)` method, registered with
+`@register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .errors import ConfigError
+from .paths import PathStats
+
+CRITERIA: dict[str, type["Criterion"]] = {}
+
+
+def register(cls):
+    CRITERIA[cls.name] = cls
+    return cls
+
+
+@dataclass
+class ImportanceContext:
+    """What criteria may use: the model, its FFN modules, path stats, calibration batches."""
+
+    model: nn.Module
+    stats: PathStats | None = None
+    calibration: Callable[[], object] | None = None  # returns an iterable of (images, labels, ...) batches
+    act_stats: dict | None = None  # from `activation_stats`: mean, abs_mean, var, each [L, D]
+    example_inputs: torch.Tensor | None = None
+    seed: int = 0
+
+    @property
+    def fc1s(self) -> list[nn.Linear]:
+        return [b.mlp.fc1 for b in self.model.blocks]
+
+
+class Criterion:
+    name: str = ""
+    needs_paths: bool = False
+    formula: str = ""
+
+    @staticmethod
+    def scores(ctx: ImportanceContext) -> torch.Tensor:  # [L, D]
+        raise NotImplementedError
+
+
+class TableImportance(tp.importance.Importance):
+    """Serve a precomputed `[L, D]` table to Torch-Pruning: the score of channel d of block l's FFN."""
+
+    def __init__(self, table: torch.Tensor, fc1s: list[nn.Linear]):
+        self.table = table
+        self.layer_of = {id(m): i for i, m in enumerate(fc1s)}
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        for dep, idxs in group:
+            if id(dep.layer) in self.layer_of and dep.pruning_fn == tp.prune_linear_out_channels:
+                l = self.layer_of[id(dep.layer)]
+                return self.table[l, torch.as_tensor(list(idxs))].float()
+        return None  # not an FFN group: nothing to score
+
+
+# ------------------------------------------------------------------------------------ path criteria
+def _class_mean(stats: PathStats, tensor: torch.Tensor) -> torch.Tensor:
+    """Per-class average of a `[C, L, D]` tensor, then summed over classes: every class counts equally."""
+    seen = stats.counts > 0
+    if not seen.any():
+        raise ConfigError("the path statistics hold no images; run discovery on more images")
+    return (tensor[seen].double() / stats.counts[seen].double()[:, None, None]).sum(0)
+
+
+@register
+class PathFrequency(Criterion):
+    name = "path_frequency"
+    needs_paths = True
+    formula = ("sum_c freq[c,l,d] / count[c]: how often the neuron is on a top-K path of class c, every class "
+               "weighted equally; ties broken by the class-averaged normalised candidate score")
+
+    @staticmethod
+    def scores(ctx):
+        freq = _class_mean(ctx.stats, ctx.stats.freq)
+        tie = _class_mean(ctx.stats, ctx.stats.score_norm_sum)
+        values = freq.flatten().unique()
+        gap = (values[1:] - values[:-1]).min().item() if len(values) > 1 else 1.0
+        spread = (tie.max() - tie.min()).clamp_min(1e-30)
+        return freq + 0.5 * gap * (tie - tie.min()) / spread / (1 + 1e-9)  # never reorders distinct freqs
+
+
+@register
+class PathJAS(Criterion):
+    name = "path_jas"
+    needs_paths = True
+    formula = ("sum_c mean over the class's images of JA_l[d] / ||JA(image)||_1: the dense per-stage joint "
+               "attribution scores, each image normalised to L1 mass 1, every class weighted equally")
+
+    @staticmethod
+    def scores(ctx):
+        return _class_mean(ctx.stats, ctx.stats.score_norm_sum)
+
+
+@register
+class PathCoverage(Criterion):
+    name = "path_coverage"
+    needs_paths = True
+    formula = ("every class's preferred (modal) top-K path neurons rank above all others; "
+               "within each set, path_jas decides")
+
+    @staticmethod
+    def scores(ctx):
+        jas = PathJAS.scores(ctx)
+        protected = torch.zeros_like(jas, dtype=torch.bool)
+        for c in range(ctx.stats.num_classes):
+            if ctx.stats.counts[c] > 0:
+                protected.scatter_(1, ctx.stats.preferred_path(c), True)
+        shifted = jas - jas.min()
+        return shifted + protected * (shifted.max() + 1)
+
+
+# ---------------------------------------------------------------------------------- classic criteria
+def _tp_table(ctx: ImportanceContext, importance: tp.importance.Importance) -> torch.Tensor:
+    """Evaluate a Torch-Pruning importance on each block's whole FFN group -> `[L, D]`."""
+    from .pruning import unwrapped
+
+    dg = tp.DependencyGraph().build_dependency(ctx.model, example_inputs=ctx.example_inputs,
+                                               unwrapped_parameters=unwrapped(ctx.model))
+    rows = []
+    for fc1 in ctx.fc1s:
+        group = dg.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=list(range(fc1.out_features)))
+        rows.append(importance(group).detach().cpu().double())
+    return torch.stack(rows)
+
+
+@register
+class MagnitudeL1(Criterion):
+    name = "magnitude_l1"
+    formula = "Torch-Pruning GroupMagnitudeImportance(p=1): L1 norm of fc1 row + fc2 column (group sum, mean-normalised)"
+
+    @staticmethod
+    def scores(ctx):
+        return _tp_table(ctx, tp.importance.GroupMagnitudeImportance(p=1))
+
+
+@register
+class MagnitudeL2(Criterion):
+    name = "magnitude_l2"
+    formula = "Torch-Pruning GroupMagnitudeImportance(p=2): squared L2 norm of fc1 row + fc2 column"
+
+    @staticmethod
+    def scores(ctx):
+        return _tp_table(ctx, tp.importance.GroupMagnitudeImportance(p=2))
+
+
+@register
+class Taylor(Criterion):
+    name = "taylor"
+    formula = ("Torch-Pruning GroupTaylorImportance: |weight x dLoss/dweight| of fc1 row + fc2 column, "
+               "gradients of the cross-entropy summed over the calibration batches")
+
+    @staticmethod
+    def scores(ctx):
+        model = ctx.model
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for batch in ctx.calibration():
+                x, y = batch[0], batch[1]
+                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        table = _tp_table(ctx, tp.importance.GroupTaylorImportance())
+        model.zero_grad(set_to_none=True)
+        return table
+
+
+@register
+class ActivationMean(Criterion):
+    name = "activation_mean"
+    formula = "mean |a_l[d]| over all tokens of the calibration images"
+
+    @staticmethod
+    def scores(ctx):
+        return ctx.act_stats["abs_mean"]
+
+
+@register
+class ActivationVariance(Criterion):
+    name = "activation_variance"
+    formula = ("variance of a_l[d] over all tokens of the calibration images: a low-variance neuron is "
+               "nearly constant, which mean compensation folds into fc2's bias")
+
+    @staticmethod
+    def scores(ctx):
+        return ctx.act_stats["var"]
+
+
+@register
+class Random(Criterion):
+    name = "random"
+    formula = "uniform random scores (seeded): the floor every criterion must beat"
+
+    @staticmethod
+    def scores(ctx):
+        g = torch.Generator().manual_seed(ctx.seed)
+        return torch.stack([torch.rand(f.out_features, generator=g, dtype=torch.float64) for f in ctx.fc1s])
+
+
+def get_criterion(name: str) -> type[Criterion]:
+    if name not in CRITERIA:
+        raise ConfigError(f"unknown importance kind {name!r}; choose one of {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+@torch.no_grad()
+def activation_stats(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+    """Mean, mean |a| and variance of every FFN neuron over all tokens of `batches` (float64 sums)."""
+    acts = [b.mlp.act for b in model.blocks]
+    sums = [None] * len(acts)
+    count = [0]
+
+    def hook(i):
+        def f(module, inp, out):
+            a = out.detach().reshape(-1, out.shape[-1]).double()
+            s = torch.stack([a.sum(0), a.abs().sum(0), (a * a).sum(0)])
+            sums[i] = s if sums[i] is None else sums[i] + s
+            if i == 0:
+                count[0] += a.shape[0]
+        return f
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(acts)]
+    try:
+        for batch in batches:
+            model(batch[0])
+    finally:
+        for h in handles:
+            h.remove()
+    if count[0] == 0:
+        raise ConfigError("no calibration images: the calibration split is empty")
+    s = torch.stack(sums).cpu() / count[0]  # [L, 3, D]
+    mean, abs_mean, sq = s[:, 0], s[:, 1], s[:, 2]
+    return {"mean": mean, "abs_mean": abs_mean, "var": (sq - mean * mean).clamp_min(0), "tokens": torch.tensor(count[0])}
