@@ -11,8 +11,11 @@ from .errors import PruneError
 DESCRIPTION = """\
 prune: find the neuron paths a Vision Transformer relies on, and prune the FFN neurons off them.
 
-Subcommands:
-  paths     discover neuron paths for N images of every class and write per-class statistics
+  prune --recipe quickstart.yaml [--set prune.ratio=0.3 ...] [--out DIR]
+        run a recipe: discover paths -> score neurons -> prune FFN channels -> evaluate,
+        each stage a sub-directory of the run (unchanged stages are reused, so runs resume)
+  prune recipes          list the recipes shipped with the package
+  prune paths ...        discover neuron paths over a dataset on their own
 """
 
 
@@ -85,19 +88,78 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"prune {__version__}")
+    parser.add_argument("--recipe", help="recipe YAML file, or the name of a shipped recipe (see `prune recipes`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set prune.ratio=0.3 (repeatable)")
+    parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="rerun this stage even if its inputs are unchanged (paths, importance, prune, evaluate, all)")
+    parser.add_argument("--update", action="store_true",
+                        help="accept a changed recipe in an existing run directory; unchanged stages are reused")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _paths_parser(sub)
+    sub.add_parser("recipes", help="list the recipes shipped with the package")
     return parser
+
+
+def _run_recipe(args) -> int:
+    from .pipeline import STAGES, Pipeline
+    from .recipe import load_recipe, validate_environment
+
+    force = set(args.force)
+    unknown = force - set(STAGES) - {"all"}
+    if unknown:
+        raise _usage(f"--force {sorted(unknown)[0]}: not a stage; stages are {', '.join(STAGES)} (or all)")
+    if "all" in force:
+        force = set(STAGES)
+    recipe = load_recipe(args.recipe, args.overrides)
+    validate_environment(recipe)
+    out = args.out or f"runs/{recipe.name}"
+    summary = Pipeline(recipe, out, update=args.update, progress=not args.quiet).run(force)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(s: dict, out: str) -> None:
+    acc, params, macs = s["accuracy"], s["params"], s["macs"]
+    rows = [("", "dense", "pruned"),
+            ("top-1", f"{acc['dense']['top1']:.4f}", f"{acc['pruned']['top1']:.4f}"),
+            ("top-5", f"{acc['dense']['top5']:.4f}", f"{acc['pruned']['top5']:.4f}"),
+            ("params", f"{params['dense']:,}", f"{params['pruned']:,}"),
+            ("MACs", f"{macs['dense']:,}", f"{macs['pruned']:,}")]
+    print(f"\n{s['recipe']}: {s['importance']} importance, {s['prune']['ratio']:.0%} of FFN neurons removed "
+          f"({s['prune']['scope']}, compensate={s['prune']['compensate']})")
+    for name, a, b in rows:
+        print(f"  {name:8s} {a:>16s} {b:>16s}")
+    print(f"run directory: {out} (summary.json, paths/, importance/, prune/, evaluate/)")
+
+
+def _list_recipes(args) -> int:
+    from .recipe import PACKAGED, packaged_recipes
+
+    for name in packaged_recipes():
+        import yaml
+
+        desc = (yaml.safe_load((PACKAGED / name).read_text()) or {}).get("description", "")
+        print(f"{name:28s} {desc}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None and not args.recipe:
         parser.print_help()
         return 2
+    if args.quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
     try:
-        return {"paths": _run_paths}[args.command](args)
+        if args.command is None:
+            return _run_recipe(args)
+        return {"paths": _run_paths, "recipes": _list_recipes}[args.command](args)
     except PruneError as e:
         print(f"prune: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -91,6 +91,7 @@ class ImageDataset(torch.utils.data.Dataset):
     split: str = "?"
     rows: list[int] | None = None
     num_classes: int | None = None
+    skip_bad: bool = False  # return a BadRow marker (dropped by `collate`) instead of raising
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.ds)
@@ -102,19 +103,45 @@ class ImageDataset(torch.utils.data.Dataset):
             img = item[self.image_column].convert("RGB")
             x = self.transform(img)
         except Exception as e:  # noqa: BLE001 - any decode failure is reported the same way
-            raise DataError(f"split {self.split!r} row {row}: image does not decode ({type(e).__name__}: {e})") from None
+            return self._bad(row, f"image does not decode ({type(e).__name__}: {e})")
         y = int(item[self.label_column])
         if self.num_classes is not None and not 0 <= y < self.num_classes:
-            raise DataError(f"split {self.split!r} row {row}: label {y} is outside the model's {self.num_classes} classes")
+            return self._bad(row, f"label {y} is outside the model's {self.num_classes} classes")
         return x, y, row
+
+    def _bad(self, row: int, reason: str):
+        msg = f"split {self.split!r} row {row}: {reason}"
+        if not self.skip_bad:
+            raise DataError(msg + " (set data.skip_bad: true to skip such rows)")
+        return BadRow(row, msg)
+
+
+@dataclass
+class BadRow:
+    row: int
+    reason: str
+
+
+def collate(samples):
+    """Batch `(x, y, row)` samples, dropping `BadRow`s: returns `(images, labels, rows, bad_rows)`."""
+    good = [s for s in samples if not isinstance(s, BadRow)]
+    bad = [s for s in samples if isinstance(s, BadRow)]
+    if not good:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), bad
+    return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]),
+            torch.tensor([s[2] for s in good]), bad)
 
 
 def labels_of(ds, label_column: str) -> list[int]:
     return [int(v) for v in ds[label_column]]
 
 
-def sample_per_class(labels: list[int], per_class: int, num_classes: int, seed: int = 0) -> list[int]:
-    """`per_class` row indices of each class, drawn with `seed`; every class must have enough rows."""
+def sample_per_class(labels: list[int], per_class: int, num_classes: int, seed: int = 0, *,
+                     split: str = "?", allow_empty: bool = False) -> list[int]:
+    """`per_class` row indices of each class, drawn with `seed` (fewer if a class has fewer rows).
+
+    A class with no rows is an error unless `allow_empty` (then it is simply absent).
+    """
     by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
     for row, y in enumerate(labels):
         if 0 <= y < num_classes:
@@ -122,9 +149,9 @@ def sample_per_class(labels: list[int], per_class: int, num_classes: int, seed: 
     rng = random.Random(seed)
     rows = []
     for c, members in by_class.items():
-        if not members:
-            raise DataError(f"class {c} has no images in this split; use a split that covers all "
-                            f"{num_classes} classes")
+        if not members and not allow_empty:
+            raise DataError(f"split {split!r}: class {c} has no images; use a split that covers all {num_classes} "
+                            "classes, or set data.skip_bad: true to go on without it")
         take = members if len(members) <= per_class else rng.sample(members, per_class)
         rows.extend(sorted(take))
     return sorted(rows)

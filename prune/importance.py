@@ -244,5 +244,5 @@ def activation_stats(model: nn.Module, batches) -> dict[str, torch.Tensor]:
     if count[0] == 0:
         raise ConfigError("no calibration images: the calibration split is empty")
     s = torch.stack(sums).cpu() / count[0]  # [L, 3, D]
-    mean, abs_mean, sq = s[:, 0], s[:, 1], s[:, 2]
+    mean, abs_mean, sq = (s[:, i].contiguous() for i in range(3))
     return {"mean": mean, "abs_mean": abs_mean, "var": (sq - mean * mean).clamp_min(0), "tokens": torch.tensor(count[0])}

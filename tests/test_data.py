@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prune.data import ImageDataset, find_columns, load_split, make_transform, sample_per_class
+from prune.data import ImageDataset, collate, find_columns, load_split, make_transform, sample_per_class
 from prune.errors import ConfigError, DataError
 from prune.models import DataConfig
 
@@ -43,6 +43,9 @@ def test_bad_rows_name_split_and_row(local_dataset):
         with_indices=True).cast_column("img", datasets.Image())
     with pytest.raises(DataError, match="split 'test' row 5: image does not decode"):
         ImageDataset(broken, tf, "img", "label", "test")[5]
+    lenient = ImageDataset(broken, tf, "img", "label", "test", skip_bad=True)
+    x, y, rows, bad = collate([lenient[i] for i in range(9)])
+    assert len(x) == 8 and 5 not in rows.tolist() and [b.row for b in bad] == [5]
 
 
 def test_sampling_per_class():
@@ -50,8 +53,9 @@ def test_sampling_per_class():
     rows = sample_per_class(labels, 2, 3, seed=0)
     assert len(rows) == 6 and sorted(labels[r] for r in rows) == [0, 0, 1, 1, 2, 2]
     assert rows == sample_per_class(labels, 2, 3, seed=0)
-    with pytest.raises(DataError, match="class 3 has no images"):
-        sample_per_class(labels, 2, 4)
+    with pytest.raises(DataError, match="split 'train': class 3 has no images"):
+        sample_per_class(labels, 2, 4, split="train")
+    assert len(sample_per_class(labels, 2, 4, allow_empty=True)) == 6
 
 
 def test_column_errors(local_dataset):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import ImageDataset, find_columns, labels_of, load_split, make_transform, sample_per_class
+from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..io import write_json
 from ..models import ViTAdapter, load_model
 from .attribution import target_prob
@@ -32,8 +32,8 @@ class DiscoverySettings:
 
 
 def discover(model_spec: str, data_source: str, split: str, settings: DiscoverySettings, out_dir: str | Path, *,
-             pretrained: bool = True, image_column: str | None = None, label_column: str | None = None,
-             progress: bool = True) -> dict:
+             pretrained: bool = True, model_kwargs: dict | None = None, image_column: str | None = None,
+             label_column: str | None = None, skip_bad: bool = False, progress: bool = True) -> dict:
     """Run discovery and write `paths.safetensors`, `stats.safetensors`, `summary.json` to `out_dir`.
 
     Under `accelerate launch` each process takes a share of the images; the per-class stats are
@@ -43,26 +43,32 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     from accelerate.utils import gather_object
 
     state = PartialState()
-    model, data_cfg, spec = load_model(model_spec, pretrained=pretrained)
+    model, data_cfg, spec = load_model(model_spec, pretrained=pretrained, **(model_kwargs or {}))
     vit = ViTAdapter(model)
     scope = vit.check_scope(settings.scope)
     ds = load_split(data_source, split)
     img_col, lab_col = find_columns(ds, image_column, label_column)
     num_classes = model.num_classes
-    rows = sample_per_class(labels_of(ds, lab_col), settings.images_per_class, num_classes, settings.seed)
-    dataset = ImageDataset(ds, make_transform(data_cfg), img_col, lab_col, split, rows, num_classes)
-    vit.verify(dataset[0][0][None])
+    labels = labels_of(ds, lab_col)
+    rows = sample_per_class(labels, settings.images_per_class, num_classes, settings.seed, split=split,
+                            allow_empty=skip_bad)
+    empty_classes = sorted(set(range(num_classes)) - set(labels))
+    dataset = ImageDataset(ds, make_transform(data_cfg), img_col, lab_col, split, rows, num_classes, skip_bad)
+    vit.verify(torch.randn(1, *data_cfg.input_size))
     model.to(state.device)
 
     with state.split_between_processes(list(range(len(dataset)))) as mine:
         subset = torch.utils.data.Subset(dataset, mine)
         chunk = images_per_chunk(settings.batch_size, settings.steps, settings.method)
-        loader = torch.utils.data.DataLoader(subset, batch_size=chunk)
-        parts, ratios = [], {"remove": [], "enhance": []}
+        loader = torch.utils.data.DataLoader(subset, batch_size=chunk, collate_fn=collate)
+        parts, ratios, skipped = [], {"remove": [], "enhance": []}, []
         bar = tqdm(total=len(subset), desc=f"paths[{settings.method}]", unit="img",
                    disable=not (progress and state.is_local_main_process))
         start = time.perf_counter()
-        for i, (x, y, r) in enumerate(loader):
+        for i, (x, y, r, bad) in enumerate(loader):
+            skipped += [b.row for b in bad]
+            if len(y) == 0:
+                continue
             res = locate_paths(model, x, y, method=settings.method, steps=settings.steps, top_k=settings.top_k,
                                scope=scope, target=settings.target, batch_size=settings.batch_size,
                                progress=False, keep_candidates=settings.keep_candidates, seed=settings.seed + i)
@@ -86,13 +92,15 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
         stats = stats.reduce(Accelerator())
         result = PathResult.concat([p for p in gather_object([result]) if p is not None])
         ratios = {op: torch.cat(gather_object([r])) for op, r in ratios.items()}
+        skipped = gather_object(skipped)
     deviation = {op: {"mean_ratio": float(r.mean()), "median_ratio": float(r.median())} for op, r in ratios.items() if len(r)}
     summary = {
         "model": model_spec, "architecture": spec.architecture, "data": data_source, "split": split,
         "settings": stats.settings, "images": int(stats.counts.sum()), "images_per_class": stats.counts.tolist(),
         "mean_jas": float(stats.jas_sum.sum() / stats.counts.sum().clamp_min(1)),
         "mean_target_prob": float(result.target_prob.mean()) if result is not None else None,
-        "probability_deviation": deviation, "seconds": seconds,
+        "probability_deviation": deviation, "skipped_rows": sorted(skipped),
+        "empty_classes": empty_classes, "seconds": seconds,
         "images_per_second": len(subset) / seconds if seconds > 0 else None,
         "device": str(state.device), "processes": state.num_processes,
     }

@@ -39,9 +39,11 @@ class PathStats:
 
     @classmethod
     def empty(cls, num_classes: int, depth: int, width: int, settings: dict | None = None) -> "PathStats":
-        z = lambda *s, d=torch.float64: torch.zeros(*s, dtype=d)  # noqa: E731
-        return cls(z(num_classes, d=torch.int64), z(num_classes, depth, width, d=torch.int64),
-                   z(num_classes, depth, width), z(num_classes, depth, width), z(num_classes), dict(settings or {}))
+        # 32-bit [C, L, D] tables: ImageNet x ViT-B is 1000 x 12 x 3072, about 150 MB each
+        z = lambda *s, d=torch.float32: torch.zeros(*s, dtype=d)  # noqa: E731
+        return cls(z(num_classes, d=torch.int64), z(num_classes, depth, width, d=torch.int32),
+                   z(num_classes, depth, width), z(num_classes, depth, width), z(num_classes, d=torch.float64),
+                   dict(settings or {}))
 
     @property
     def num_classes(self) -> int:
@@ -58,15 +60,15 @@ class PathStats:
             raise ConfigError(f"label {int(y.max())} is outside the {self.num_classes} classes of these stats")
         n, L, K = result.neurons.shape
         self.counts.index_add_(0, y, torch.ones_like(y))
-        on_path = torch.zeros(n, L, self.freq.shape[2], dtype=torch.int64)
+        on_path = torch.zeros(n, L, self.freq.shape[2], dtype=self.freq.dtype)
         on_path.scatter_(-1, result.neurons, 1)
         self.freq.index_add_(0, y, on_path)
         self.jas_sum.index_add_(0, y, result.scores.double())
         if result.candidate_scores is not None:
             c = result.candidate_scores.double()
-            self.score_sum.index_add_(0, y, c)
+            self.score_sum.index_add_(0, y, c.to(self.score_sum.dtype))
             norm = c.abs().sum((1, 2), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-            self.score_norm_sum.index_add_(0, y, c / norm)
+            self.score_norm_sum.index_add_(0, y, (c / norm).to(self.score_norm_sum.dtype))
         return self
 
     def merge(self, *others: "PathStats") -> "PathStats":

@@ -1,0 +1,166 @@
+"""`prune --recipe`: recipe -> paths -> importance -> pruned model -> evaluation, each stage a
+directory of the run that the next stage reads."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import ImageDataset, collate, find_columns, load_split, make_transform
+from .errors import DataError
+from .finetune import evaluate
+from .importance import ImportanceContext, activation_stats, get_criterion
+from .io import atomic_path, write_json
+from .models import load_model
+from .paths import PathStats
+from .paths.discover import DiscoverySettings, discover
+from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
+from .recipe import Recipe
+from .run import RunDir
+
+STAGES = ("paths", "importance", "prune", "evaluate")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, out: str | Path, *, update: bool = False, progress: bool = True, log=print):
+        self.r = recipe
+        self.progress = progress
+        self.log = log
+        self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)
+        self.criterion = get_criterion(recipe.importance.kind)
+        self.skipped: dict[str, list[int]] = {}
+
+    # -------------------------------------------------------------------------------- helpers
+    def model(self):
+        m = self.r.model
+        return load_model(m.name, pretrained=m.pretrained, **m.kwargs)
+
+    def loader(self, split: str, data_cfg, num_classes: int, rows_wanted: int | None, seed: int, shuffle_rows=True):
+        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None)."""
+        d = self.r.data
+        ds = load_split(d.source, split)
+        img, lab = find_columns(ds, d.image_column, d.label_column)
+        rows = list(range(len(ds)))
+        if rows_wanted is not None and rows_wanted < len(rows):
+            rows = sorted(random.Random(seed).sample(rows, rows_wanted))
+        if not rows:
+            raise DataError(f"split {split!r} of {d.source} is empty")
+        dataset = ImageDataset(ds, make_transform(data_cfg), img, lab, split, rows, num_classes, d.skip_bad)
+        return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
+                                           collate_fn=collate)
+
+    def batches(self, loader, key: str):
+        """Non-empty `(x, y)` batches on the device; bad rows are counted under `key`."""
+        dev = device()
+        for x, y, rows, bad in loader:
+            self.skipped.setdefault(key, []).extend(b.row for b in bad)
+            if len(y):
+                yield x.to(dev), y.to(dev)
+
+    # -------------------------------------------------------------------------------- stages
+    def run(self, force: set[str] = frozenset()) -> dict:
+        r, rd = self.r, self.run_dir
+        model_in = {"model": r.model.model_dump(mode="json"),
+                    "data": r.data.model_dump(include={"source", "image_column", "label_column", "skip_bad"})}
+        reads = []
+        if self.criterion.needs_paths:
+            rd.run("paths", {**model_in, "split": r.data.train_split, "paths": r.paths.model_dump()},
+                   self.build_paths, force="paths" in force)
+            reads = ["paths"]
+        rd.run("importance", {**model_in, "split": r.data.train_split, "importance": r.importance.model_dump(),
+                              "reads": reads}, self.build_importance, force="importance" in force)
+        rd.run("prune", {**model_in, "prune": r.prune.model_dump(), "reads": ["importance"]},
+               self.build_prune, force="prune" in force)
+        rd.run("evaluate", {**model_in, "eval": r.data.model_dump(include={"eval_split", "eval_images"}),
+                            "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force)
+        return self.write_summary()
+
+    def build_paths(self, out: Path) -> dict:
+        r = self.r
+        p = r.paths
+        settings = DiscoverySettings(method=p.method, steps=p.steps, top_k=p.top_k, scope=p.scope, target=p.target,
+                                     images_per_class=p.images_per_class, batch_size=p.batch_size, seed=p.seed)
+        summary = discover(r.model.name, r.data.source, r.data.train_split, settings, out,
+                           pretrained=r.model.pretrained, model_kwargs=r.model.kwargs,
+                           image_column=r.data.image_column, label_column=r.data.label_column,
+                           skip_bad=r.data.skip_bad, progress=self.progress)
+        return {"images": summary["images"], "mean_jas": summary["mean_jas"], "skipped_rows": summary["skipped_rows"]}
+
+    def build_importance(self, out: Path) -> dict:
+        r = self.r
+        model, data_cfg, _ = self.model()
+        model.to(device())
+        loader = self.loader(r.data.train_split, data_cfg, model.num_classes, r.importance.calibration_images,
+                             r.importance.seed)
+        act = activation_stats(model, self.batches(loader, "calibration"))
+        stats = PathStats.load(self.run_dir.path("paths") / "stats.safetensors") if self.criterion.needs_paths else None
+        ctx = ImportanceContext(model, stats, lambda: self.batches(loader, "taylor"), act,
+                                torch.randn(1, *data_cfg.input_size, device=device()), r.importance.seed)
+        table = self.criterion.scores(ctx).double().cpu()
+        with atomic_path(out / "importance.safetensors") as tmp:
+            save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
+                       "act_var": act["var"]}, str(tmp))
+        info = {"kind": self.criterion.name, "formula": self.criterion.formula,
+                "calibration_tokens": int(act["tokens"]), "skipped_rows": sorted(set(self.skipped.get("calibration", [])))}
+        write_json(out / "importance.json", info)
+        return info
+
+    def build_prune(self, out: Path) -> dict:
+        p = self.r.prune
+        model, data_cfg, spec = self.model()
+        imp = load_file(self.run_dir.path("importance") / "importance.safetensors")
+        example = torch.randn(1, *data_cfg.input_size)
+        params0, macs0 = count_params_macs(model, example)
+        dense_widths = [b.mlp.fc1.out_features for b in model.blocks]
+        settings = PruneSettings(ratio=p.ratio, scope=p.scope, max_layer_ratio=p.max_layer_ratio,
+                                 round_to=p.round_to, compensate=p.compensate)
+        kept = prune_ffn(model, imp["scores"], settings, example, act_mean=imp["act_mean"])
+        params1, macs1 = count_params_macs(model, example)
+        save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict())
+        info = {"params_dense": params0, "params_pruned": params1, "macs_dense": macs0, "macs_pruned": macs1,
+                "dense_widths": dense_widths, "widths": [len(k) for k in kept],
+                "ffn_neurons_removed": 1 - sum(len(k) for k in kept) / sum(dense_widths)}
+        write_json(out / "prune.json", info)
+        return info
+
+    def build_evaluate(self, out: Path) -> dict:
+        r = self.r
+        dense, data_cfg, _ = self.model()
+        pruned, _ = load_pruned(self.run_dir.path("prune"))
+        loader = self.loader(r.data.eval_split, data_cfg, dense.num_classes, r.data.eval_images, seed=0)
+        info = {}
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            model.to(device())
+            info[name] = evaluate(model, self.batches(loader, f"eval_{name}"), progress=self.progress)
+            self.log(f"[evaluate] {name}: top1 {info[name]['top1']:.4f} on {info[name]['images']} images")
+        info["skipped_rows"] = sorted(set(self.skipped.get("eval_dense", [])))
+        write_json(out / "metrics.json", info)
+        return info
+
+    def write_summary(self) -> dict:
+        rd = self.run_dir
+        read = lambda stage, f: json.loads((rd.path(stage) / f).read_text())  # noqa: E731
+        prune, metrics = read("prune", "prune.json"), read("evaluate", "metrics.json")
+        summary = {
+            "recipe": self.r.name, "model": self.r.model.name, "data": self.r.data.source,
+            "importance": self.r.importance.kind, "prune": self.r.prune.model_dump(),
+            "params": {"dense": prune["params_dense"], "pruned": prune["params_pruned"]},
+            "macs": {"dense": prune["macs_dense"], "pruned": prune["macs_pruned"]},
+            "ffn_widths": {"dense": prune["dense_widths"], "pruned": prune["widths"]},
+            "accuracy": {"dense": metrics["dense"], "pruned": metrics["pruned"]},
+            "skipped_rows": {"eval": metrics.get("skipped_rows", []),
+                             "calibration": read("importance", "importance.json").get("skipped_rows", [])},
+        }
+        if self.criterion.needs_paths:
+            summary["paths"] = read("paths", "summary.json")
+            summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
+        write_json(rd.root / "summary.json", summary)
+        return summary

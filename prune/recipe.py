@@ -1,0 +1,164 @@
+"""The recipe: schema and defaults (pydantic), YAML loading and `--set a.b=c` overrides (OmegaConf),
+and full validation before any work starts. Every problem is one line naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+PACKAGED = Path(__file__).parent / "recipes"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelCfg(_Section):
+    name: str = "digits-vit"  # timm name, model directory, or 'digits-vit'
+    pretrained: bool = True
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model arguments
+
+
+class DataCfg(_Section):
+    source: str = "digits"  # HF dataset id, local dataset directory, or 'digits'
+    train_split: str = "train"  # paths and calibration images come from here
+    eval_split: str = "test"  # accuracy is measured here
+    image_column: str | None = None
+    label_column: str | None = None
+    eval_images: int | None = Field(None, ge=1)  # None: the whole eval split
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    skip_bad: bool = False  # skip undecodable images / bad labels (counted) instead of stopping
+
+
+class PathsCfg(_Section):
+    images_per_class: int = Field(10, ge=1)
+    method: Literal["jas", "activation", "influence_pattern", "layer_ig", "random"] = "jas"
+    steps: int = Field(20, ge=1)
+    top_k: int = Field(5, ge=1)
+    scope: Literal["auto", "cls", "tokens"] = "auto"
+    target: Literal["label", "pred"] = "label"
+    batch_size: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ImportanceCfg(_Section):
+    kind: str = "path_frequency"
+    calibration_images: int = Field(256, ge=1)  # for activation statistics, taylor, compensation
+    seed: int = 0
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .importance import CRITERIA
+
+        if v not in CRITERIA:
+            raise ValueError(f"unknown kind {v!r}; choose one of {', '.join(CRITERIA)}")
+        return v
+
+
+class PruneCfg(_Section):
+    ratio: float = Field(0.5, gt=0, lt=1)  # fraction of FFN neurons removed
+    scope: Literal["uniform", "global"] = "uniform"
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1)  # global: cap per block
+    round_to: int | None = Field(None, ge=1)
+    compensate: Literal["none", "mean"] = "none"
+
+
+class Recipe(_Section):
+    name: str = "run"
+    description: str = ""
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    data: DataCfg = Field(default_factory=DataCfg)
+    paths: PathsCfg = Field(default_factory=PathsCfg)
+    importance: ImportanceCfg = Field(default_factory=ImportanceCfg)
+    prune: PruneCfg = Field(default_factory=PruneCfg)
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.name for p in PACKAGED.glob("*.yaml"))
+
+
+def resolve_recipe_path(name: str) -> Path:
+    """A path as given, else a recipe shipped with the package (with or without `.yaml`)."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    for cand in (PACKAGED / p.name, PACKAGED / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"recipe {name} not found; give a YAML file or one of: {', '.join(packaged_recipes())}")
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = Recipe
+        for part in err["loc"][:-1]:
+            parent = parent.model_fields[part].annotation
+        return f"recipe key {key}: unknown key; valid keys here are {', '.join(parent.model_fields)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"recipe key {key}: {msg} (got {err.get('input')!r})"
+
+
+def load_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, apply `key.sub=value` overrides, validate the schema."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    import yaml
+
+    path = resolve_recipe_path(name)
+    try:
+        base = OmegaConf.create(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides or []:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--set {item!r}: write it as key.sub=value, e.g. --set prune.ratio=0.3")
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
+        data = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, paths, importance, prune)")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors()[0])) from None
+
+
+def validate_environment(recipe: Recipe) -> None:
+    """Checks that need the world, still before any work: dataset path, model buildable and a supported ViT."""
+    import timm
+
+    from .data import check_source
+    from .models import ViTAdapter, load_model, resolve_model_dir
+
+    try:
+        check_source(recipe.data.source)
+    except ConfigError as e:
+        raise ConfigError(f"recipe key data.source: {e}") from None
+    name = recipe.model.name
+    hub = name.startswith(("timm/", "hf-hub:"))
+    if resolve_model_dir(name) is None and ("/" in name or name.startswith((".", "~"))) and not hub:
+        raise ConfigError(f"recipe key model.name: model directory {name} does not exist; point it at a directory "
+                          "with config.json and model.safetensors (--set model.name=DIR) or give a timm model name")
+    if resolve_model_dir(name) is None and not hub:
+        base = name.split(".")[0].removeprefix("timm/").removeprefix("hf-hub:timm/")
+        if not timm.is_model(base):
+            raise ConfigError(f"recipe key model.name: unknown model {name!r}; give a timm model name "
+                              "or a directory with config.json and model.safetensors")
+    try:
+        model, _, _ = load_model(name, pretrained=False, **recipe.model.kwargs)
+        vit = ViTAdapter(model)
+        vit.check_scope(recipe.paths.scope)
+        if recipe.paths.top_k > min(vit.widths()):
+            raise ConfigError(f"top_k {recipe.paths.top_k} exceeds the FFN width {min(vit.widths())}")
+    except ConfigError as e:
+        key = "paths" if "scope" in str(e) or "top_k" in str(e) else "model.name"
+        raise ConfigError(f"recipe key {key}: {e}") from None
