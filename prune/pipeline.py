@@ -22,7 +22,7 @@ from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, s
 from .recipe import Recipe
 from .run import RunDir
 
-STAGES = ("paths", "importance", "prune", "evaluate")
+STAGES = ("paths", "importance", "prune", "baseline", "evaluate")
 
 
 def device() -> torch.device:
@@ -70,6 +70,7 @@ class Pipeline:
         r, rd = self.r, self.run_dir
         model_in = {"model": r.model.model_dump(mode="json"),
                     "data": r.data.model_dump(include={"source", "image_column", "label_column", "skip_bad"})}
+        eval_in = {**model_in, "eval": r.data.model_dump(include={"eval_split", "eval_images"})}
         reads = []
         if self.criterion.needs_paths:
             rd.run("paths", {**model_in, "split": r.data.train_split, "paths": r.paths.model_dump()},
@@ -79,8 +80,8 @@ class Pipeline:
                               "reads": reads}, self.build_importance, force="importance" in force)
         rd.run("prune", {**model_in, "prune": r.prune.model_dump(), "reads": ["importance"]},
                self.build_prune, force="prune" in force)
-        rd.run("evaluate", {**model_in, "eval": r.data.model_dump(include={"eval_split", "eval_images"}),
-                            "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force)
+        rd.run("baseline", eval_in, self.build_baseline, force="baseline" in force)
+        rd.run("evaluate", {**eval_in, "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force)
         return self.write_summary()
 
     def build_paths(self, out: Path) -> dict:
@@ -131,24 +132,34 @@ class Pipeline:
         write_json(out / "prune.json", info)
         return info
 
-    def build_evaluate(self, out: Path) -> dict:
+    def accuracy(self, model, data_cfg, name: str) -> dict:
         r = self.r
+        loader = self.loader(r.data.eval_split, data_cfg, model.num_classes, r.data.eval_images, seed=0)
+        model.to(device())
+        acc = evaluate(model, self.batches(loader, "eval"), progress=self.progress)
+        acc["skipped_rows"] = sorted(set(self.skipped.pop("eval", [])))
+        self.log(f"[evaluate] {name}: top1 {acc['top1']:.4f} top5 {acc['top5']:.4f} on {acc['images']} images")
+        return acc
+
+    def build_baseline(self, out: Path) -> dict:
+        """Accuracy of the dense model on the evaluation split (shared by every pruning of it)."""
         dense, data_cfg, _ = self.model()
+        info = {"dense": self.accuracy(dense, data_cfg, "dense")}
+        write_json(out / "metrics.json", info)
+        return info
+
+    def build_evaluate(self, out: Path) -> dict:
+        _, data_cfg, _ = self.model()
         pruned, _ = load_pruned(self.run_dir.path("prune"))
-        loader = self.loader(r.data.eval_split, data_cfg, dense.num_classes, r.data.eval_images, seed=0)
-        info = {}
-        for name, model in (("dense", dense), ("pruned", pruned)):
-            model.to(device())
-            info[name] = evaluate(model, self.batches(loader, f"eval_{name}"), progress=self.progress)
-            self.log(f"[evaluate] {name}: top1 {info[name]['top1']:.4f} on {info[name]['images']} images")
-        info["skipped_rows"] = sorted(set(self.skipped.get("eval_dense", [])))
+        info = {"pruned": self.accuracy(pruned, data_cfg, "pruned")}
         write_json(out / "metrics.json", info)
         return info
 
     def write_summary(self) -> dict:
         rd = self.run_dir
         read = lambda stage, f: json.loads((rd.path(stage) / f).read_text())  # noqa: E731
-        prune, metrics = read("prune", "prune.json"), read("evaluate", "metrics.json")
+        prune = read("prune", "prune.json")
+        metrics = {**read("baseline", "metrics.json"), **read("evaluate", "metrics.json")}
         summary = {
             "recipe": self.r.name, "model": self.r.model.name, "data": self.r.data.source,
             "importance": self.r.importance.kind, "prune": self.r.prune.model_dump(),
@@ -156,7 +167,7 @@ class Pipeline:
             "macs": {"dense": prune["macs_dense"], "pruned": prune["macs_pruned"]},
             "ffn_widths": {"dense": prune["dense_widths"], "pruned": prune["widths"]},
             "accuracy": {"dense": metrics["dense"], "pruned": metrics["pruned"]},
-            "skipped_rows": {"eval": metrics.get("skipped_rows", []),
+            "skipped_rows": {"eval": sorted(set(metrics["dense"].pop("skipped_rows", []) + metrics["pruned"].pop("skipped_rows", []))),
                              "calibration": read("importance", "importance.json").get("skipped_rows", [])},
         }
         if self.criterion.needs_paths:

@@ -23,12 +23,14 @@ def run(tmp_path, *extra, out="run"):
 def test_quickstart_writes_every_stage_and_a_consistent_summary(tmp_path, capsys):
     assert run(tmp_path) == 0
     root = tmp_path / "run"
-    for f in ("recipe.yaml", "summary.json", "paths/stats.safetensors", "importance/importance.safetensors",
+    for f in ("recipe.yaml", "summary.json", "baseline/metrics.json", "paths/stats.safetensors", "importance/importance.safetensors",
               "prune/model.safetensors", "prune/structure.json", "evaluate/metrics.json"):
         assert (root / f).is_file(), f
     summary = json.loads((root / "summary.json").read_text())
-    metrics = json.loads((root / "evaluate/metrics.json").read_text())
-    assert summary["accuracy"] == {"dense": metrics["dense"], "pruned": metrics["pruned"]}
+    metrics = {**json.loads((root / "baseline/metrics.json").read_text()),
+               **json.loads((root / "evaluate/metrics.json").read_text())}
+    for k in ("dense", "pruned"):
+        assert {a: metrics[k][a] for a in ("top1", "top5", "images")} == summary["accuracy"][k]
     assert summary["ffn_widths"]["pruned"] == [128] * 6
     assert summary["params"]["pruned"] < summary["params"]["dense"]
     assert summary["macs"]["pruned"] < summary["macs"]["dense"]
@@ -44,7 +46,7 @@ def test_rerun_reuses_and_update_reruns_only_downstream(tmp_path, capsys):
     capsys.readouterr()
     assert run(tmp_path) == 0
     out = capsys.readouterr().out
-    assert all(f"[{s}] unchanged" in out for s in ("paths", "importance", "prune", "evaluate"))
+    assert all(f"[{s}] unchanged" in out for s in ("baseline", "paths", "importance", "prune", "evaluate"))
     # a changed recipe is refused without --update, and nothing changes
     before = (tmp_path / "run/recipe.yaml").read_text()
     assert run(tmp_path, "--set", "prune.ratio=0.25") == 2
@@ -52,7 +54,7 @@ def test_rerun_reuses_and_update_reruns_only_downstream(tmp_path, capsys):
     assert (tmp_path / "run/recipe.yaml").read_text() == before
     assert run(tmp_path, "--set", "prune.ratio=0.25", "--update") == 0
     out = capsys.readouterr().out
-    assert "[paths] unchanged" in out and "[importance] unchanged" in out
+    assert "[paths] unchanged" in out and "[importance] unchanged" in out and "[baseline] unchanged" in out
     assert "[prune] running" in out and "[evaluate] running" in out
     assert json.loads((tmp_path / "run/summary.json").read_text())["ffn_widths"]["pruned"] == [192] * 6
     assert run(tmp_path, "--set", "prune.ratio=0.25", "--force", "paths") == 0
@@ -125,7 +127,7 @@ def test_bad_eval_row_stops_cleanly_or_is_skipped(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "split 'test' row 4: image does not decode" in err[0] and "skip_bad" in err[0]
     root = tmp_path / "run"
-    assert (root / "prune/stage.json").is_file() and not (root / "evaluate").exists()  # stages so far kept
+    assert (root / "prune/stage.json").is_file() and not (root / "baseline").exists()  # stages so far kept
     assert run(tmp_path, *args, "--set", "data.skip_bad=true", "--update") == 0
     summary = json.loads((root / "summary.json").read_text())
     assert summary["skipped_rows"]["eval"] == [4] and summary["accuracy"]["dense"]["images"] == 9
