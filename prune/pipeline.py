@@ -105,7 +105,7 @@ class Pipeline:
         stats = PathStats.load(self.run_dir.path("paths") / "stats.safetensors") if self.criterion.needs_paths else None
         ctx = ImportanceContext(model, stats, lambda: self.batches(loader, "taylor"), act,
                                 torch.randn(1, *data_cfg.input_size, device=device()), r.importance.seed)
-        table = self.criterion.scores(ctx).double().cpu()
+        table = self.criterion.scores(ctx).double().cpu().clone()  # may alias an activation statistic
         with atomic_path(out / "importance.safetensors") as tmp:
             save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
                        "act_var": act["var"]}, str(tmp))

@@ -1,0 +1,34 @@
+"""Smoke tests of the benchmark scripts' quick modes (the full runs are not part of CI)."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_criteria_sweep_quick(tmp_path):
+    load("criteria_sweep").main(["--quick", "--kinds", "path_jas,random", "--out", str(tmp_path / "sweep")])
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
+    assert [(r["kind"], r["compensate"]) for r in rows] == [
+        ("path_jas", "none"), ("path_jas", "mean"), ("random", "none"), ("random", "mean")]
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert float(rows[-1]["top1"]) == summary["accuracy"]["pruned"]["top1"]
+
+
+def test_path_speed_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "speed.json"
+    monkeypatch.setattr("sys.argv", ["path_speed.py", "--model", "digits-vit", "--images", "2",
+                                     "--images-per-chunk", "1", "--steps", "2", "--json", str(out)])
+    load("path_speed").main()
+    res = json.loads(out.read_text())
+    assert res["released_paths_identical"] and res["no_reuse_paths_identical"]
+    assert res["locate_s"] > 0 and res["bare_s"] > 0
