@@ -100,7 +100,93 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _paths_parser(sub)
     sub.add_parser("recipes", help="list the recipes shipped with the package")
+    b = sub.add_parser("bench", help="latency of a model, pruned model, ONNX file or run directory",
+                       description="Measure latency and throughput (median and p90 of alternating runs after "
+                                   "warm-up). TARGET is a run directory (dense vs its pruned model), a pruned-model "
+                                   "directory, a timm name or model directory, or an .onnx file.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("target", help="run dir, pruned-model dir, model spec or .onnx file")
+    b.add_argument("--onnx", action="store_true", help="also run onnxruntime (exports a torch model to a temp file)")
+    b.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    b.add_argument("--json", default=None, help="also write the measurements to this file")
     return parser
+
+
+def _run_bench(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from .bench import load_any, measure, ort_runner, threads_info, torch_runner
+    from .export import export_onnx
+    from .io import write_json
+    from .pruning import count_params_macs
+
+    try:
+        sizes = [int(v) for v in args.batch_sizes.split(",")]
+        assert sizes and all(v >= 1 for v in sizes)
+    except (ValueError, AssertionError):
+        raise _usage(f"--batch-sizes must be positive integers separated by commas, not {args.batch_sizes!r}") from None
+    if args.threads:
+        torch_threads(args.threads)
+    root = Path(args.target)
+    targets = {}
+    if (root / "recipe.yaml").is_file():
+        for name, sub in (("dense", None), ("pruned", "finetune"), ("pruned", "prune")):
+            if name in targets:
+                continue
+            if sub is None:
+                import yaml
+
+                recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+                targets[name] = load_any(recipe["model"]["name"])
+            elif (root / sub / "structure.json").is_file():
+                targets[name] = load_any(str(root / sub))
+        if "pruned" not in targets:
+            raise _usage(f"run directory {root} has no pruned model yet; run its recipe first")
+    else:
+        targets[root.name or str(root)] = load_any(args.target)
+    runners, shape, info = {}, None, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (kind, obj, in_shape) in targets.items():
+            shape = in_shape
+            example = torch_example(in_shape)
+            if kind == "torch":
+                runners[f"{name} pytorch"] = torch_runner(obj)
+                params, macs = count_params_macs(obj, example)
+                info[name] = {"params": params, "macs": macs}
+                if args.onnx:
+                    path = Path(tmp) / f"{name}.onnx"
+                    export_onnx(obj, example, path)
+                    runners[f"{name} onnxruntime"] = ort_runner(path, args.threads)
+            else:
+                runners[f"{name} onnxruntime"] = ort_runner(obj, args.threads)
+        result = measure(runners, shape, sizes, args.warmup, args.repeats)
+    print(f"input {tuple(shape)}, threads {args.threads or threads_info()['torch_threads']}, "
+          f"median of {args.repeats} alternating runs")
+    for name, per in info.items():
+        print(f"  {name}: {per['params']:,} params, {per['macs']:,} MACs")
+    for b in map(str, sizes):
+        for name, r in result.items():
+            print(f"  batch {b:>4s}  {name:28s} {r[b]['median_ms']:9.3f} ms  p90 {r[b]['p90_ms']:9.3f} ms  "
+                  f"{r[b]['images_per_s']:10.1f} img/s")
+    if args.json:
+        write_json(args.json, {"latency": result, "models": info, **threads_info()})
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def torch_example(shape):
+    import torch
+
+    return torch.randn(1, *shape)
 
 
 def _run_recipe(args) -> int:
@@ -123,16 +209,21 @@ def _run_recipe(args) -> int:
 
 def _print_summary(s: dict, out: str) -> None:
     acc, params, macs = s["accuracy"], s["params"], s["macs"]
-    rows = [("", "dense", "pruned"),
-            ("top-1", f"{acc['dense']['top1']:.4f}", f"{acc['pruned']['top1']:.4f}"),
-            ("top-5", f"{acc['dense']['top5']:.4f}", f"{acc['pruned']['top5']:.4f}"),
-            ("params", f"{params['dense']:,}", f"{params['pruned']:,}"),
-            ("MACs", f"{macs['dense']:,}", f"{macs['pruned']:,}")]
+    cols = [c for c in ("dense", "pruned", "finetuned") if c in acc]
+    struct = {"dense": "dense", "pruned": "pruned", "finetuned": "pruned"}
+    rows = [("", *cols),
+            ("top-1", *(f"{acc[c]['top1']:.4f}" for c in cols)),
+            ("top-5", *(f"{acc[c]['top5']:.4f}" for c in cols)),
+            ("params", *(f"{params[struct[c]]:,}" for c in cols)),
+            ("MACs", *(f"{macs[struct[c]]:,}" for c in cols))]
+    for eng, lat in s.get("latency", {}).items():
+        for b in lat["dense"]:
+            rows.append((f"{eng} b{b} ms", *(f"{lat[struct[c]][b]['median_ms']:.2f}" for c in cols)))
     print(f"\n{s['recipe']}: {s['importance']} importance, {s['prune']['ratio']:.0%} of FFN neurons removed "
           f"({s['prune']['scope']}, compensate={s['prune']['compensate']})")
-    for name, a, b in rows:
-        print(f"  {name:8s} {a:>16s} {b:>16s}")
-    print(f"run directory: {out} (summary.json, paths/, importance/, prune/, evaluate/)")
+    for name, *vals in rows:
+        print(f"  {name:20s}" + "".join(f"{v:>14s}" for v in vals))
+    print(f"run directory: {out} (summary.json, report/report.md, one directory per stage)")
 
 
 def _list_recipes(args) -> int:
@@ -159,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command is None:
             return _run_recipe(args)
-        return {"paths": _run_paths, "recipes": _list_recipes}[args.command](args)
+        return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench}[args.command](args)
     except PruneError as e:
         print(f"prune: error: {e}", file=sys.stderr)
         return e.exit_code

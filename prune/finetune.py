@@ -1,10 +1,21 @@
-"""The project's one training loop (accelerate): dense training for the embedded model, recovery
-fine-tuning of pruned models. The same code runs on one CPU and under `accelerate launch`."""
+"""The project's one training loop (accelerate): dense training of the embedded model and recovery
+fine-tuning of pruned models, optionally distilled from the dense model. The same code runs on one
+CPU and under `accelerate launch` on several GPUs.
+
+Checkpoints are written at the end of every epoch as safetensors (model, optimizer tensors) plus
+JSON (optimizer hyper-parameters, scheduler, epoch), never pickle; accelerate's `save_state` is not
+used because its optimizer and RNG files are pickles that `load_state` unpickles. Every epoch
+reseeds from `seed + epoch`, so a resumed run continues exactly where an uninterrupted one would.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +35,8 @@ class TrainConfig:
     mixed_precision: str = "no"  # "bf16"/"fp16" on GPUs; CPU runs stay float32
     num_workers: int = 0
     seed: int = 0
+    distill_alpha: float = 0.0  # weight of the distillation loss (needs a teacher)
+    distill_temperature: float = 2.0
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -41,12 +54,14 @@ def _xy(batch):
 
 
 def evaluate(model, loader, accelerator=None, progress: bool = False) -> dict:
-    """Top-1 and top-5 accuracy over a loader (gathered across processes when under accelerate)."""
+    """Top-1 and top-5 accuracy over `(x, y, ...)` batches (gathered across processes under accelerate)."""
     model.eval()
     correct1 = correct5 = total = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
             x, y = _xy(batch)
+            if len(y) == 0:
+                continue
             logits = model(x)
             k = min(5, logits.shape[-1])
             top = logits.topk(k, -1).indices
@@ -58,39 +73,111 @@ def evaluate(model, loader, accelerator=None, progress: bool = False) -> dict:
     return {"top1": correct1 / max(1, total), "top5": correct5 / max(1, total), "images": total}
 
 
-def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, progress: bool = True) -> list[dict]:
-    """Train `model` on `(image, label, ...)` samples; returns per-epoch metrics."""
+def distillation_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened distributions, scaled by T^2 (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+# ----------------------------------------------------------------------------- safe checkpoints
+def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, history: list[dict]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.detach().contiguous().cpu() for i, st in opt["state"].items() for k, v in st.items()
+               if torch.is_tensor(v)}
+    save_file(tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": opt["param_groups"],
+                                                "scheduler": sched, "history": history}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    flat = load_file(path / "optimizer.safetensors")
+    opt_state: dict = {}
+    for key, v in flat.items():
+        if key == "_empty":
+            continue
+        i, name = key.split(".", 1)
+        opt_state.setdefault(int(i), {})[name] = v
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+    return state["epoch"], state["history"]
+
+
+# ------------------------------------------------------------------------------------- the loop
+def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, teacher=None,
+          checkpoint_dir: str | Path | None = None, progress: bool = True,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train `model` on `(image, label, ...)` samples; returns per-epoch metrics.
+
+    With `teacher` and `cfg.distill_alpha > 0` the loss is
+    `(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`. With `checkpoint_dir`, the state
+    after each epoch is saved there and an existing checkpoint is resumed from.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from .data import collate
 
     cfg = cfg or TrainConfig()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                                               num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size)
+    order = torch.Generator().manual_seed(cfg.seed)
+    sampler = torch.utils.data.RandomSampler(train_set, generator=order)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                               num_workers=cfg.num_workers, collate_fn=collate,
+                                               drop_last=len(train_set) > cfg.batch_size)
     eval_loader = None if eval_set is None else torch.utils.data.DataLoader(
-        eval_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        eval_set, batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers, collate_fn=collate)
+    decay = lambda n, p: p.ndim > 1 and "pos_embed" not in n and "token" not in n  # noqa: E731
+    opt = torch.optim.AdamW(
+        [{"params": [p for n, p in model.named_parameters() if decay(n, p)], "weight_decay": cfg.weight_decay},
+         {"params": [p for n, p in model.named_parameters() if not decay(n, p)], "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
+    start_epoch, history = 0, []
+    ckpt = Path(checkpoint_dir) / "last" if checkpoint_dir else None
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        start_epoch, history = load_checkpoint(ckpt, model, opt, sched)
     model, opt, train_loader, sched = accelerator.prepare(model, opt, train_loader, sched)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    history = []
-    for epoch in range(cfg.epochs):
+    if teacher is not None:
+        teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+    use_kd = teacher is not None and cfg.distill_alpha > 0
+    for epoch in range(start_epoch, cfg.epochs):
+        set_seed(cfg.seed + epoch)  # data order, drop-path: identical whether or not the run was resumed
+        order.manual_seed(cfg.seed + epoch)
         model.train()
-        bar = tqdm(train_loader, desc=f"train {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(train_loader, desc=f"train {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
                    disable=not (progress and accelerator.is_local_main_process))
         loss_sum, seen = 0.0, 0
         for batch in bar:
             x, y = _xy(batch)
+            if len(y) == 0:
+                continue
             with accelerator.accumulate(model):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if use_kd:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(
+                        logits, t_logits, cfg.distill_temperature)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -99,10 +186,16 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, progr
                 opt.zero_grad()
             loss_sum += loss.item() * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen)}
+            rate = bar.format_dict.get("rate") or 0
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}",
+                            img_s=f"{rate * cfg.batch_size:.0f}")
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "lr": sched.get_last_lr()[0]}
         if eval_loader is not None:
             row.update({f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()})
         history.append(row)
-    accelerator.wait_for_everyone()
+        if ckpt is not None and accelerator.is_main_process:
+            save_checkpoint(ckpt, accelerator.unwrap_model(model), opt, sched, epoch + 1, history)
+        accelerator.wait_for_everyone()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
     return history

@@ -20,9 +20,9 @@ from .paths import PathStats
 from .paths.discover import DiscoverySettings, discover
 from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
 from .recipe import Recipe
-from .run import RunDir
+from .run import RunDir, stage_key
 
-STAGES = ("paths", "importance", "prune", "baseline", "evaluate")
+STAGES = ("paths", "importance", "prune", "baseline", "evaluate", "finetune", "export", "bench", "report")
 
 
 def device() -> torch.device:
@@ -82,7 +82,25 @@ class Pipeline:
                self.build_prune, force="prune" in force)
         rd.run("baseline", eval_in, self.build_baseline, force="baseline" in force)
         rd.run("evaluate", {**eval_in, "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force)
-        return self.write_summary()
+        final = ["prune"]
+        if r.finetune.epochs > 0:
+            rd.run("finetune", {**eval_in, "split": r.data.train_split, "finetune": r.finetune.model_dump(),
+                                "reads": ["prune"]}, self.build_finetune, force="finetune" in force)
+            final = ["finetune"]
+        after = list(final)
+        if r.export.enabled:
+            rd.run("export", {**eval_in, "export": r.export.model_dump(), "reads": final}, self.build_export,
+                   force="export" in force)
+            after.append("export")
+        if r.bench.enabled:
+            rd.run("bench", {"bench": r.bench.model_dump(), "reads": after}, self.build_bench, force="bench" in force)
+            after.append("bench")
+        metrics = self.metrics()
+        write_json(rd.root / "summary.json", metrics)
+        rd.run("report", {"report": r.report.model_dump(), "reads": ["evaluate", "baseline", *after],
+                          "metrics": stage_key(metrics)}, lambda out: self.build_report(out, metrics),
+               force="report" in force)
+        return metrics
 
     def build_paths(self, out: Path) -> dict:
         r = self.r
@@ -155,7 +173,102 @@ class Pipeline:
         write_json(out / "metrics.json", info)
         return info
 
-    def write_summary(self) -> dict:
+    def final_model_dir(self) -> Path:
+        """The model the later stages ship: fine-tuned if the recipe fine-tunes, else pruned."""
+        ft = self.run_dir.path("finetune")
+        return ft if self.r.finetune.epochs > 0 and (ft / "structure.json").is_file() else self.run_dir.path("prune")
+
+    def build_finetune(self, out: Path) -> dict:
+        from .finetune import TrainConfig, train
+
+        r, f = self.r, self.r.finetune
+        dense, data_cfg, _ = self.model()
+        model, structure = load_pruned(self.run_dir.path("prune"))
+        train_loader = self.loader(r.data.train_split, data_cfg, dense.num_classes, f.train_images, f.seed)
+        cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+                          warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing, grad_clip=f.grad_clip,
+                          grad_accum=f.grad_accum, mixed_precision=f.mixed_precision, num_workers=r.data.num_workers,
+                          seed=f.seed, distill_alpha=f.distill.alpha if f.distill else 0.0,
+                          distill_temperature=f.distill.temperature if f.distill else 2.0)
+        ckpt = self.run_dir.root / ".checkpoints" / f"finetune-{self.run_dir.keys['finetune']}"
+        if (ckpt / "last" / "state.json").is_file():
+            self.log(f"[finetune] resuming from {ckpt}")
+        history = train(model, train_loader.dataset, None, cfg, teacher=dense if f.distill else None,
+                        checkpoint_dir=ckpt, progress=self.progress)
+        model = model.cpu().eval()
+        from .models import ModelSpec
+
+        spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
+        save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"])
+        acc = self.accuracy(model, data_cfg, "finetuned")
+        write_json(out / "history.json", history)
+        info = {"finetuned": acc, "epochs": f.epochs, "train_images": len(train_loader.dataset),
+                "distill": f.distill.model_dump() if f.distill else None}
+        write_json(out / "metrics.json", info)
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return info
+
+    def eval_images(self, data_cfg, num_classes: int, n: int = 8) -> torch.Tensor:
+        loader = self.loader(self.r.data.eval_split, data_cfg, num_classes, self.r.data.eval_images, seed=0)
+        xs = []
+        for x, _ in self.batches(loader, "export"):
+            xs.append(x.cpu())
+            if sum(len(t) for t in xs) >= n:
+                break
+        return torch.cat(xs)[:n]
+
+    def build_export(self, out: Path) -> dict:
+        from .export import check_parity, export_onnx
+
+        e = self.r.export
+        dense, data_cfg, _ = self.model()
+        final, _ = load_pruned(self.final_model_dir())
+        images = self.eval_images(data_cfg, dense.num_classes)
+        info = {}
+        for name, model in (("dense", dense), ("pruned", final)):
+            meta = export_onnx(model.cpu(), images[:1], out / f"{name}.onnx", opset=e.opset)
+            meta["parity"] = check_parity(model.cpu(), out / f"{name}.onnx", images, (1, 8), e.atol)
+            meta["path"] = f"{name}.onnx"
+            info[name] = meta
+            self.log(f"[export] {name}.onnx: max |ORT - PyTorch| "
+                     f"{max(v['max_abs_diff'] for k, v in meta['parity'].items() if k.startswith('batch_')):.2e}")
+        write_json(out / "export.json", info)
+        return info
+
+    def build_bench(self, out: Path) -> dict:
+        from .bench import measure, ort_runner, threads_info, torch_runner
+
+        b = self.r.bench
+        if b.threads:
+            torch.set_num_threads(b.threads)
+        dense, data_cfg, _ = self.model()
+        final, _ = load_pruned(self.final_model_dir())
+        latency = {}
+        if b.pytorch:
+            latency["pytorch"] = measure({"dense": torch_runner(dense), "pruned": torch_runner(final)},
+                                         data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
+        if b.onnxruntime:
+            exp = self.run_dir.path("export")
+            latency["onnxruntime"] = measure(
+                {"dense": ort_runner(exp / "dense.onnx", b.threads), "pruned": ort_runner(exp / "pruned.onnx", b.threads)},
+                data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
+        info = {"latency": latency, "warmup": b.warmup, "repeats": b.repeats,
+                "threads": b.threads or torch.get_num_threads(), **threads_info()}
+        write_json(out / "bench.json", info)
+        return {"threads": info["threads"]}
+
+    def build_report(self, out: Path, metrics: dict) -> dict:
+        from .report import write_report
+
+        stats = self.run_dir.path("paths") / "stats.safetensors" if self.criterion.needs_paths else None
+        m = write_report(metrics, out, stats)
+        self.log(f"[report] {len(m['plots'])} plots and report.md written")
+        return {"plots": m["plots"]}
+
+    def metrics(self) -> dict:
+        """Everything the run measured, from the stage files."""
         rd = self.run_dir
         read = lambda stage, f: json.loads((rd.path(stage) / f).read_text())  # noqa: E731
         prune = read("prune", "prune.json")
@@ -173,5 +286,15 @@ class Pipeline:
         if self.criterion.needs_paths:
             summary["paths"] = read("paths", "summary.json")
             summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
-        write_json(rd.root / "summary.json", summary)
+        if self.r.finetune.epochs > 0:
+            ft = read("finetune", "metrics.json")
+            ft["finetuned"].pop("skipped_rows", None)
+            summary["accuracy"]["finetuned"] = ft.pop("finetuned")
+            summary["finetune"] = ft
+        if self.r.export.enabled:
+            summary["onnx"] = read("export", "export.json")
+        if self.r.bench.enabled:
+            bench = read("bench", "bench.json")
+            summary["latency"] = bench.pop("latency")
+            summary["bench"] = bench
         return summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -69,6 +69,53 @@ class PruneCfg(_Section):
     compensate: Literal["none", "mean"] = "none"
 
 
+class DistillCfg(_Section):
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the distillation term
+    temperature: float = Field(2.0, gt=0)
+
+
+class FinetuneCfg(_Section):
+    epochs: int = Field(0, ge=0)  # 0: no fine-tuning
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    train_images: int | None = Field(None, ge=1)  # None: the whole train split
+    distill: DistillCfg | None = None  # from the dense model
+    seed: int = 0
+
+
+class ExportCfg(_Section):
+    enabled: bool = True
+    opset: int = Field(18, ge=13)
+    atol: float = Field(1e-4, gt=0)  # max |ORT - PyTorch| of the logits (scaled by max |logit| when > 1)
+
+
+class BenchCfg(_Section):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(20, ge=1)
+    threads: int | None = Field(None, ge=1)  # None: torch's default
+    pytorch: bool = True
+    onnxruntime: bool = True
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v):
+        if not v or any(b < 1 for b in v):
+            raise ValueError("give one or more positive batch sizes")
+        return v
+
+
+class ReportCfg(_Section):
+    heatmap_classes: int = Field(4, ge=0)
+
+
 class Recipe(_Section):
     name: str = "run"
     description: str = ""
@@ -77,6 +124,16 @@ class Recipe(_Section):
     paths: PathsCfg = Field(default_factory=PathsCfg)
     importance: ImportanceCfg = Field(default_factory=ImportanceCfg)
     prune: PruneCfg = Field(default_factory=PruneCfg)
+    finetune: FinetuneCfg = Field(default_factory=FinetuneCfg)
+    export: ExportCfg = Field(default_factory=ExportCfg)
+    bench: BenchCfg = Field(default_factory=BenchCfg)
+    report: ReportCfg = Field(default_factory=ReportCfg)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.bench.enabled and self.bench.onnxruntime and not self.export.enabled:
+            raise ValueError("bench.onnxruntime needs export.enabled: true (or set bench.onnxruntime: false)")
+        return self
 
 
 def packaged_recipes() -> list[str]:
@@ -94,14 +151,25 @@ def resolve_recipe_path(name: str) -> Path:
     raise ConfigError(f"recipe {name} not found; give a YAML file or one of: {', '.join(packaged_recipes())}")
 
 
+def _section(annotation):
+    """The pydantic model inside an annotation such as `DistillCfg | None`."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel))
+
+
 def _describe(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if not key:
+        return f"recipe: {msg}"
     if err["type"] == "extra_forbidden":
         parent = Recipe
         for part in err["loc"][:-1]:
-            parent = parent.model_fields[part].annotation
+            parent = _section(parent.model_fields[part].annotation)
         return f"recipe key {key}: unknown key; valid keys here are {', '.join(parent.model_fields)}"
-    msg = err["msg"].removeprefix("Value error, ")
     return f"recipe key {key}: {msg} (got {err.get('input')!r})"
 
 

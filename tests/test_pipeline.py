@@ -12,7 +12,8 @@ from PIL import Image
 from prune.cli import main
 from prune.pruning import load_pruned
 
-SMALL = ["paths.images_per_class=3", "paths.steps=3", "importance.calibration_images=64", "data.eval_images=120"]
+SMALL = ["paths.images_per_class=3", "paths.steps=3", "importance.calibration_images=64", "data.eval_images=120",
+         "finetune.epochs=0", "export.enabled=false", "bench.enabled=false"]
 
 
 def run(tmp_path, *extra, out="run"):
@@ -139,6 +140,7 @@ def test_vit_b16_recipe_mechanics_at_full_size(tmp_path, capsys):
     sets = [f"data.source={data}", "data.image_column=img", "model.pretrained=false", "data.skip_bad=true",
             "data.num_workers=0", "data.batch_size=4", "paths.images_per_class=1", "paths.steps=2",
             "paths.top_k=2", "paths.batch_size=4", "importance.calibration_images=4"]
+    sets += ["finetune.epochs=0", "export.enabled=false", "bench.enabled=false"]
     code = main(["--recipe", "vit_b16_50pct.yaml", "--out", str(tmp_path / "run"), "--quiet",
                  *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err

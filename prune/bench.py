@@ -1,0 +1,82 @@
+"""Latency and throughput of models (PyTorch eager and onnxruntime), measured fairly: warm-up, then
+repeated runs where every contender runs once per round, alternating, so machine noise hits all alike."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+def torch_runner(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
+    model = model.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def ort_runner(path: str | Path, threads: int | None = None) -> Callable[[torch.Tensor], object]:
+    from .export import ort_session
+
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x.numpy().astype(np.float32)})
+
+
+def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_sizes=(1, 32), warmup: int = 3,
+            repeats: int = 20, seed: int = 0) -> dict:
+    """`{runner: {batch: {median_ms, p90_ms, images_per_s}}}`, contenders alternating within each round."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, dict] = {name: {} for name in runners}
+    for b in batch_sizes:
+        x = torch.randn(b, *input_shape, generator=g)
+        for _ in range(warmup):
+            for run in runners.values():
+                run(x)
+        times = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, run in runners.items():
+                t = time.perf_counter()
+                run(x)
+                times[name].append(time.perf_counter() - t)
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            out[name][str(b)] = {"median_ms": med * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3,
+                                 "images_per_s": b / med, "repeats": repeats}
+    return out
+
+
+def threads_info() -> dict:
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def load_any(target: str) -> tuple[str, object, tuple[int, ...]]:
+    """What `prune bench` was pointed at: ("onnx", path, shape) or ("torch", model, shape)."""
+    from .models import load_model
+    from .pruning import load_pruned
+
+    p = Path(target).expanduser()
+    if p.suffix == ".onnx":
+        if not p.is_file():
+            raise ConfigError(f"ONNX file {p} does not exist")
+        from .export import ort_session
+
+        shape = ort_session(p).get_inputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in shape):
+            raise ConfigError(f"{p}: only the batch axis may be dynamic (input shape {shape})")
+        return "onnx", p, tuple(shape)
+    if (p / "structure.json").is_file():
+        model, structure = load_pruned(p)
+        return "torch", model, tuple(structure["data_config"].get("input_size") or (3, *model.patch_embed.img_size))
+    model, data_cfg, _ = load_model(target, pretrained=False)  # weights do not change latency
+    return "torch", model, tuple(data_cfg.input_size)
