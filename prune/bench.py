@@ -24,17 +24,32 @@ def torch_runner(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
     return run
 
 
-def ort_runner(path: str | Path, threads: int | None = None) -> Callable[[torch.Tensor], object]:
+def ort_runner(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider"):
+    """Run an ONNX file with one provider; the numpy copy of each input is made once, outside the timing."""
     from .export import ort_session
 
-    sess = ort_session(path, threads)
+    sess = ort_session(path, threads, [provider])
     name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x.numpy().astype(np.float32)})
+    arrays: dict[int, np.ndarray] = {}
+
+    def run(x):
+        a = arrays.get(id(x))
+        if a is None:
+            a = arrays[id(x)] = x.numpy().astype(np.float32)
+        return sess.run(None, {name: a})
+    return run
+
+
+def cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_sizes=(1, 32), warmup: int = 3,
             repeats: int = 20, seed: int = 0) -> dict:
-    """`{runner: {batch: {median_ms, p90_ms, images_per_s}}}`, contenders alternating within each round."""
+    """`{runner: {batch: {median_ms, p90_ms, images_per_s}}}`: every round runs each contender once,
+    starting from a different one each round, so order effects and noise hit all alike."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict] = {name: {} for name in runners}
     for b in batch_sizes:
@@ -43,8 +58,10 @@ def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_si
             for run in runners.values():
                 run(x)
         times = {name: [] for name in runners}
-        for _ in range(repeats):
-            for name, run in runners.items():
+        names = list(runners)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                run = runners[name]
                 t = time.perf_counter()
                 run(x)
                 times[name].append(time.perf_counter() - t)
@@ -60,7 +77,7 @@ def threads_info() -> dict:
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def load_any(target: str) -> tuple[str, object, tuple[int, ...]]:
+def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]:
     """What `prune bench` was pointed at: ("onnx", path, shape) or ("torch", model, shape)."""
     from .models import load_model
     from .pruning import load_pruned
@@ -78,5 +95,5 @@ def load_any(target: str) -> tuple[str, object, tuple[int, ...]]:
     if (p / "structure.json").is_file():
         model, structure = load_pruned(p)
         return "torch", model, tuple(structure["data_config"].get("input_size") or (3, *model.patch_embed.img_size))
-    model, data_cfg, _ = load_model(target, pretrained=False)  # weights do not change latency
+    model, data_cfg, _ = load_model(target, pretrained=False, **model_kwargs)  # weights do not change latency
     return "torch", model, tuple(data_cfg.input_size)

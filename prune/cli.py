@@ -141,13 +141,16 @@ def _run_bench(args) -> int:
                 import yaml
 
                 recipe = yaml.safe_load((root / "recipe.yaml").read_text())
-                targets[name] = load_any(recipe["model"]["name"])
+                targets[name] = load_any(recipe["model"]["name"], **recipe["model"].get("kwargs", {}))
             elif (root / sub / "structure.json").is_file():
                 targets[name] = load_any(str(root / sub))
         if "pruned" not in targets:
             raise _usage(f"run directory {root} has no pruned model yet; run its recipe first")
     else:
         targets[root.name or str(root)] = load_any(args.target)
+    shapes = {t[2] for t in targets.values()}
+    if len(shapes) > 1:
+        raise _usage(f"the models take different inputs {sorted(shapes)}; benchmark them one at a time")
     runners, shape, info = {}, None, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kind, obj, in_shape) in targets.items():
@@ -252,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             return _run_recipe(args)
         return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench}[args.command](args)
     except PruneError as e:
-        print(f"prune: error: {e}", file=sys.stderr)
+        msg = str(e)
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
+            msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"prune: error: {msg}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        print(f"prune: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("prune: interrupted; completed outputs are kept, partial ones were not written", file=sys.stderr)
         return 130

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from .errors import PruneError
-from .io import atomic_path
 
 INLINE_LIMIT = 1 << 30  # weights stay inside the .onnx file below 1 GiB (protobuf's limit is 2 GiB)
 
@@ -26,18 +25,26 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path,
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = torch.export.Dim("batch", min=1, max=4096)
     path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        onnx_path = tmp.with_suffix(".onnx")
-        torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                          external_data=size > INLINE_LIMIT)
-        onnx_path.replace(tmp)
-    return {"path": str(path), "opset": opset, "weights_inline": size <= INLINE_LIMIT, "bytes": path.stat().st_size}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = size > INLINE_LIMIT
+    # inline weights: write under a temp name and rename; external weights are referenced by file
+    # name, so those are written in place (the stage directory itself is published atomically)
+    target = path.with_name(f".{path.name}.tmp.onnx") if not external else path
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(target), input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=external)
+        if target != path:
+            target.replace(path)
+    finally:
+        if target != path and target.exists():
+            target.unlink()
+    return {"path": str(path), "opset": opset, "weights_inline": not external, "bytes": path.stat().st_size}
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime session: CUDA provider when present, else CPU; `threads` intra-op threads."""
+def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    """An onnxruntime session (default: CUDA provider when present, else CPU); `threads` intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -46,7 +53,8 @@ def ort_session(path: str | Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                              if p in ort.get_available_providers()]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 

@@ -67,7 +67,7 @@ class TableImportance(tp.importance.Importance):
         for dep, idxs in group:
             if id(dep.layer) in self.layer_of and dep.pruning_fn == tp.prune_linear_out_channels:
                 l = self.layer_of[id(dep.layer)]
-                return self.table[l, torch.as_tensor(list(idxs))].float()
+                return self.table[l, torch.as_tensor(list(idxs))].double()  # float32 would merge near ties
         return None  # not an FFN group: nothing to score
 
 
@@ -80,21 +80,30 @@ def _class_mean(stats: PathStats, tensor: torch.Tensor) -> torch.Tensor:
     return (tensor[seen].double() / stats.counts[seen].double()[:, None, None]).sum(0)
 
 
+def lexicographic_ranks(primary: torch.Tensor, secondary: torch.Tensor, decimals: int = 9) -> torch.Tensor:
+    """Ranks (0 = least important) of all entries ordered by `primary`, ties broken by `secondary`.
+
+    `primary` is rounded first so that sums like 0.1 + 0.2 and 0.3 count as the same value.
+    Ranks are global over the table, so global pruning can still compare blocks.
+    """
+    p = torch.round(primary.double() * 10**decimals).flatten()
+    order = secondary.double().flatten().argsort(stable=True)
+    order = order[p[order].argsort(stable=True)]
+    ranks = torch.empty_like(p)
+    ranks[order] = torch.arange(len(p), dtype=torch.float64)
+    return ranks.reshape(primary.shape)
+
+
 @register
 class PathFrequency(Criterion):
     name = "path_frequency"
     needs_paths = True
     formula = ("sum_c freq[c,l,d] / count[c]: how often the neuron is on a top-K path of class c, every class "
-               "weighted equally; ties broken by the class-averaged normalised candidate score")
+               "weighted equally; ties broken by path_jas (the table holds the resulting ranks)")
 
     @staticmethod
     def scores(ctx):
-        freq = _class_mean(ctx.stats, ctx.stats.freq)
-        tie = _class_mean(ctx.stats, ctx.stats.score_norm_sum)
-        values = freq.flatten().unique()
-        gap = (values[1:] - values[:-1]).min().item() if len(values) > 1 else 1.0
-        spread = (tie.max() - tie.min()).clamp_min(1e-30)
-        return freq + 0.5 * gap * (tie - tie.min()) / spread / (1 + 1e-9)  # never reorders distinct freqs
+        return lexicographic_ranks(_class_mean(ctx.stats, ctx.stats.freq), PathJAS.scores(ctx))
 
 
 @register
@@ -106,6 +115,9 @@ class PathJAS(Criterion):
 
     @staticmethod
     def scores(ctx):
+        if ctx.stats.counts.sum() > 0 and not ctx.stats.score_norm_sum.any():
+            raise ConfigError("these path stats hold no candidate scores (discovery ran with keep_candidates off); "
+                              "rerun discovery with candidates, or use path_frequency")
         return _class_mean(ctx.stats, ctx.stats.score_norm_sum)
 
 

@@ -20,7 +20,7 @@ from .paths import PathStats
 from .paths.discover import DiscoverySettings, discover
 from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
 from .recipe import Recipe
-from .run import RunDir, stage_key
+from .run import RunDir, fingerprint, stage_key
 
 STAGES = ("paths", "importance", "prune", "baseline", "evaluate", "finetune", "export", "bench", "report")
 
@@ -68,8 +68,13 @@ class Pipeline:
     # -------------------------------------------------------------------------------- stages
     def run(self, force: set[str] = frozenset()) -> dict:
         r, rd = self.r, self.run_dir
+        from .models import resolve_model_dir
+
+        model_dir = resolve_model_dir(r.model.name)
         model_in = {"model": r.model.model_dump(mode="json"),
-                    "data": r.data.model_dump(include={"source", "image_column", "label_column", "skip_bad"})}
+                    "model_files": fingerprint(str(model_dir)) if model_dir else r.model.name,
+                    "data": r.data.model_dump(include={"source", "image_column", "label_column", "skip_bad"}),
+                    "data_files": fingerprint(r.data.source)}
         eval_in = {**model_in, "eval": r.data.model_dump(include={"eval_split", "eval_images"})}
         reads = []
         if self.criterion.needs_paths:
@@ -200,7 +205,8 @@ class Pipeline:
 
         spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
         save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"])
-        acc = self.accuracy(model, data_cfg, "finetuned")
+        saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
+        acc = self.accuracy(saved, data_cfg, "finetuned")
         write_json(out / "history.json", history)
         info = {"finetuned": acc, "epochs": f.epochs, "train_images": len(train_loader.dataset),
                 "distill": f.distill.model_dump() if f.distill else None}
@@ -238,7 +244,7 @@ class Pipeline:
         return info
 
     def build_bench(self, out: Path) -> dict:
-        from .bench import measure, ort_runner, threads_info, torch_runner
+        from .bench import cuda_provider_available, measure, ort_runner, threads_info, torch_runner
 
         b = self.r.bench
         if b.threads:
@@ -251,9 +257,14 @@ class Pipeline:
                                          data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
         if b.onnxruntime:
             exp = self.run_dir.path("export")
-            latency["onnxruntime"] = measure(
-                {"dense": ort_runner(exp / "dense.onnx", b.threads), "pruned": ort_runner(exp / "pruned.onnx", b.threads)},
-                data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
+            engines = [("onnxruntime", "CPUExecutionProvider")]
+            if cuda_provider_available():
+                engines.append(("onnxruntime_cuda", "CUDAExecutionProvider"))
+            for engine, provider in engines:
+                latency[engine] = measure(
+                    {"dense": ort_runner(exp / "dense.onnx", b.threads, provider),
+                     "pruned": ort_runner(exp / "pruned.onnx", b.threads, provider)},
+                    data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
         info = {"latency": latency, "warmup": b.warmup, "repeats": b.repeats,
                 "threads": b.threads or torch.get_num_threads(), **threads_info()}
         write_json(out / "bench.json", info)
@@ -263,7 +274,7 @@ class Pipeline:
         from .report import write_report
 
         stats = self.run_dir.path("paths") / "stats.safetensors" if self.criterion.needs_paths else None
-        m = write_report(metrics, out, stats)
+        m = write_report(metrics, out, stats, self.r.report.heatmap_classes)
         self.log(f"[report] {len(m['plots'])} plots and report.md written")
         return {"plots": m["plots"]}
 

@@ -57,6 +57,9 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings)
     elif settings.scope == "global":
         floor = [max(1, math.ceil(w * (1 - settings.max_layer_ratio) - 1e-9)) for w in widths]
         to_remove = round(sum(widths) * settings.ratio)
+        if to_remove > sum(widths) - sum(floor):
+            raise ConfigError(f"prune.ratio {settings.ratio} is unreachable with prune.max_layer_ratio "
+                              f"{settings.max_layer_ratio}: raise max_layer_ratio to at least the ratio")
         kept = list(widths)
         order = torch.cat([table[l, :w].double() for l, w in enumerate(widths)]).argsort(stable=True)
         layer_of = torch.cat([torch.full((w,), l) for l, w in enumerate(widths)])

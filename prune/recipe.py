@@ -131,6 +131,9 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.prune.scope == "global" and self.prune.max_layer_ratio < self.prune.ratio:
+            raise ValueError(f"prune.max_layer_ratio {self.prune.max_layer_ratio} < prune.ratio {self.prune.ratio}: "
+                             "global pruning could not reach the ratio; raise max_layer_ratio")
         if self.bench.enabled and self.bench.onnxruntime and not self.export.enabled:
             raise ValueError("bench.onnxruntime needs export.enabled: true (or set bench.onnxruntime: false)")
         return self

@@ -19,7 +19,7 @@ def render_markdown(m: dict) -> str:
              f"Model `{m['model']}` on `{m['data']}`; prune scope {m['prune']['scope']}, compensation "
              f"{m['prune']['compensate']}.", ""]
     header = ["model", "top-1", "top-5", "params", "MACs"]
-    engines = [(eng, b) for eng in ("onnxruntime", "pytorch") if eng in lat for b in lat[eng]["dense"]]
+    engines = [(eng, b) for eng in ("onnxruntime", "onnxruntime_cuda", "pytorch") if eng in lat for b in lat[eng]["dense"]]
     header += [f"{eng} b{b} ms" for eng, b in engines] + [f"{eng} b{b} speed-up" for eng, b in engines]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -109,8 +109,8 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
     return made
 
 
-def write_report(m: dict, out_dir: Path, stats_path: Path | None) -> dict:
-    m = {**m, "plots": plot_all(m, stats_path, out_dir / "plots")}
+def write_report(m: dict, out_dir: Path, stats_path: Path | None, heatmap_classes: int = 4) -> dict:
+    m = {**m, "plots": plot_all(m, stats_path, out_dir / "plots", heatmap_classes)}
     write_json(out_dir / "metrics.json", m)
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(render_markdown(m))

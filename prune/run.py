@@ -13,11 +13,13 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
+from . import __version__
 from .errors import ConfigError
 from .io import atomic_path, write_json
 
@@ -33,6 +35,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def fingerprint(spec: str) -> list | str:
+    """What identifies a local file or directory's content cheaply (names, sizes, mtimes); a hub id as is."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return [[p.name, st.st_size, st.st_mtime_ns]]
+    if p.is_dir():
+        return [[str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns]
+                for f in sorted(p.rglob("*")) if f.is_file()][:10_000]
+    return spec
+
+
 def stage_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -44,12 +58,15 @@ class RunDir:
         self.root = Path(root)
         self.log = log
         self.keys: dict[str, str] = {}
+        self.builds: dict[str, str] = {}  # the build id each stage has now (reused or new)
         existing = self.root / "recipe.yaml"
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} is a file; give a directory")
         if existing.is_file():
             old = yaml.safe_load(existing.read_text()) or {}
             if old != recipe and not update:
                 a, b = _flatten(old), _flatten(recipe)
-                diff = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+                diff = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "recipe")
                 raise ConfigError(
                     f"run directory {self.root} was made by a different recipe ({diff}: {a.get(diff)!r} -> "
                     f"{b.get(diff)!r}); use another --out, or --update to rerun only the stages that change")
@@ -63,29 +80,51 @@ class RunDir:
         return self.root / stage
 
     def run(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], *, force: bool = False) -> Path:
-        """Reuse `stage` if its key matches, else build it into a temp dir and move it into place."""
-        key = stage_key({**inputs, "upstream": {k: self.keys[k] for k in inputs.get("reads", [])}})
+        """Reuse `stage` if its key matches, else build it into a temp dir and move it into place.
+
+        The key covers the stage's inputs and the *build ids* of the stages it reads, so rebuilding
+        (or forcing) a stage reruns everything downstream of it. Under `accelerate launch` every
+        process runs `build` (distributed stages need them all) and the main process alone
+        publishes the result.
+        """
+        from accelerate import PartialState
+
+        state = PartialState()
+        upstream = {k: self.builds[k] for k in inputs.get("reads", [])}
+        key = stage_key({**inputs, "upstream": upstream, "prune_version": __version__})
         self.keys[stage] = key
         final = self.path(stage)
         meta = final / "stage.json"
-        if not force and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
-            self.log(f"[{stage}] unchanged, reusing {final}")
-            return final
-        tmp = self.root / f".{stage}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if not force and meta.is_file():
+            done = json.loads(meta.read_text())
+            if done.get("key") == key:
+                self.builds[stage] = done.get("build", key)
+                self.log(f"[{stage}] unchanged, reusing {final}")
+                return final
+        tmp = self.root / f".{stage}.tmp"
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        state.wait_for_everyone()
         self.log(f"[{stage}] running")
         start = time.perf_counter()
+        build_id = uuid.uuid4().hex[:16]
         try:
             info = build(tmp) or {}
-            write_json(tmp / "stage.json", {"stage": stage, "key": key, "seconds": time.perf_counter() - start,
-                                            "inputs": inputs, **info})
-            old = self.root / f".{stage}.old-{os.getpid()}"
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            state.wait_for_everyone()
+            if state.is_main_process:
+                write_json(tmp / "stage.json", {"stage": stage, "key": key, "build": build_id,
+                                                "seconds": time.perf_counter() - start, "inputs": inputs, **info})
+                old = self.root / f".{stage}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if final.exists():
+                    final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if state.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+        state.wait_for_everyone()
+        self.builds[stage] = build_id
         self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
         return final

@@ -27,7 +27,7 @@ def test_criteria_sweep_quick(tmp_path):
 def test_path_speed_quick(tmp_path, monkeypatch, capsys):
     out = tmp_path / "speed.json"
     monkeypatch.setattr("sys.argv", ["path_speed.py", "--model", "digits-vit", "--images", "2",
-                                     "--images-per-chunk", "1", "--steps", "2", "--json", str(out)])
+                                     "--images-per-chunk", "1", "--steps", "2", "--rounds", "1", "--json", str(out)])
     load("path_speed").main()
     res = json.loads(out.read_text())
     assert res["released_paths_identical"] and res["no_reuse_paths_identical"]

@@ -59,7 +59,9 @@ def test_rerun_reuses_and_update_reruns_only_downstream(tmp_path, capsys):
     assert "[prune] running" in out and "[evaluate] running" in out
     assert json.loads((tmp_path / "run/summary.json").read_text())["ffn_widths"]["pruned"] == [192] * 6
     assert run(tmp_path, "--set", "prune.ratio=0.25", "--force", "paths") == 0
-    assert "[paths] running" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[paths] running" in out and "[importance] running" in out and "[evaluate] running" in out
+    assert "[baseline] unchanged" in out  # the dense accuracy does not read the paths
 
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
@@ -92,6 +94,9 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
     (["model.name=vit_tiny_patch16_224", "model.pretrained=false", "model.kwargs.global_pool=avg", "paths.scope=cls"],
      "recipe key paths: scope='cls' needs a model that reads out its CLS token"),
     (["noequals"], "write it as key.sub=value"),
+    (["prune.scope=global", "prune.max_layer_ratio=0.3"], "global pruning could not reach the ratio"),
+    (["finetune.distill.alpah=0.5"], "recipe key finetune.distill.alpah: unknown key; valid keys here are alpha"),
+    (["bench.batch_sizes=[0]"], "recipe key bench.batch_sizes: give one or more positive batch sizes"),
 ])
 def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, sets, needle):
     out = tmp_path / "run"
@@ -99,6 +104,13 @@ def test_recipe_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, s
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("prune: error:") and needle in err[0], err
     assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["--recipe", "quickstart.yaml", "--out", str(f), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def _png(rgb):

@@ -114,3 +114,16 @@ def test_bad_settings():
         prune_ffn(tiny_vit(), torch.rand(4, 64), PruneSettings(ratio=1.0), X[:1])
     with pytest.raises(ConfigError, match="unknown importance kind"):
         get_criterion("vibes")
+
+
+def test_path_frequency_ties_are_broken_by_path_jas_exactly():
+    from prune.importance import PathFrequency
+
+    st = PathStats.empty(2, 1, 4, {"top_k": 1})
+    st.counts[:] = torch.tensor([10, 10])
+    # class-averaged frequencies 0.1+0.2 (neuron 0) and 0.3+0.0 (neuron 1) are equal; float sums are not
+    st.freq[0, 0] = torch.tensor([1, 3, 0, 6], dtype=torch.int32)
+    st.freq[1, 0] = torch.tensor([2, 0, 5, 3], dtype=torch.int32)
+    st.score_norm_sum[:, 0] = torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # neuron 1 wins the tie
+    ranks = PathFrequency.scores(ImportanceContext(None, st))
+    assert ranks[0].argsort().tolist() == [0, 1, 2, 3]  # freq: 0.3, 0.3, 0.5, 0.9 ; tie 0 < 1 by path_jas

@@ -71,7 +71,8 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
                 continue
             res = locate_paths(model, x, y, method=settings.method, steps=settings.steps, top_k=settings.top_k,
                                scope=scope, target=settings.target, batch_size=settings.batch_size,
-                               progress=False, keep_candidates=settings.keep_candidates, seed=settings.seed + i)
+                               progress=False, keep_candidates=settings.keep_candidates,
+                               seed=settings.seed + 1000 * state.process_index + i)
             res.rows = r
             parts.append(res)
             for op, ratio in edit_ratios(model, x.to(state.device), res, scope).items():
@@ -87,9 +88,7 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
         stats.update(result)
     ratios = {op: torch.cat(r) if r else torch.zeros(0) for op, r in ratios.items()}
     if state.num_processes > 1:
-        from accelerate import Accelerator
-
-        stats = stats.reduce(Accelerator())
+        stats = stats.reduce()
         result = PathResult.concat([p for p in gather_object([result]) if p is not None])
         ratios = {op: torch.cat(gather_object([r])) for op, r in ratios.items()}
         skipped = gather_object(skipped)

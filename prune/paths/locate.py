@@ -81,9 +81,8 @@ class PathResult:
 
 
 def _autocast(device: torch.device, amp: bool | None):
-    """bf16 autocast on CUDA (default there), nothing on CPU: CPU runs stay exact float32."""
-    use = device.type == "cuda" if amp is None else amp
-    if use and device.type == "cuda":
+    """bf16 autocast on CUDA when asked (`amp=True`); by default every run is exact float32."""
+    if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -103,17 +102,17 @@ def _check(vit: ViTAdapter, method: str, steps: int, top_k: int, scope: str, tar
 
 
 def images_per_chunk(batch_size: int | None, steps: int, method: str) -> int:
-    """Images processed together: `batch_size` counts rows (images x steps) for the stepped methods."""
+    """Images processed together: `batch_size` counts rows (images x steps); every method scores its
+    path with `steps` interpolated rows per image, so the same rule bounds memory for all."""
     if batch_size is None:
         return 4
-    stepped = method in ("jas", "layer_ig", "influence_pattern")
-    return max(1, batch_size // steps) if stepped else max(1, batch_size)
+    return max(1, batch_size // steps)
 
 
 def locate_paths(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                  method: str = "jas", steps: int = 20, top_k: int = 1, scope: str = "cls",
                  target: str = "label", batch_size: int | None = None, progress: bool = True,
-                 keep_candidates: bool = True, seed: int = 0, amp: bool | None = None) -> PathResult:
+                 keep_candidates: bool = True, seed: int = 0, amp: bool = False) -> PathResult:
     """Find the influential neuron path of each image (the paper's Algorithm 1, or a baseline).
 
     method: "jas" (layer-progressive joint attribution), or the baselines "activation",
@@ -128,6 +127,8 @@ def locate_paths(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
     batch_size: rows per chunk (images x steps; an image's m steps are never split). Peak memory
         is about twice the activations a training step of `batch_size` samples keeps, because the
         "jas" prefix graph is kept across stages. Default: 4 images per chunk.
+    amp: bf16 autocast on CUDA (faster; paths may differ where scores nearly tie). Default off:
+        float32 everywhere, the paper's setting.
     Every image is independent: results do not depend on chunking beyond float rounding.
     """
     vit = ViTAdapter(model)
@@ -183,7 +184,7 @@ def _locate_chunk(vit, x, y, *, method, steps, top_k, scope, target, keep, gen, 
 
 
 def path_score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, neurons: torch.Tensor, *,
-               steps: int = 20, scope: str = "cls", batch_size: int | None = None, amp: bool | None = None) -> torch.Tensor:
+               steps: int = 20, scope: str = "cls", batch_size: int | None = None, amp: bool = False) -> torch.Tensor:
     """JAS `[N]` of given paths `neurons` `[N, L, K]` (or `[N, L]`), for the probability of `labels`."""
     vit = ViTAdapter(model)
     scope = vit.check_scope(scope)

@@ -74,19 +74,22 @@ class PathStats:
     def merge(self, *others: "PathStats") -> "PathStats":
         """Sum of these stats and `others` (shards of one discovery run, e.g. one per process)."""
         out = PathStats(*(getattr(self, k).clone() for k in _TENSORS), dict(self.settings))
+        same = ("method", "steps", "top_k", "scope", "target", "model")  # seeds and batch sizes may differ
         for o in others:
-            if o.settings != self.settings or o.freq.shape != self.freq.shape:
+            if any(o.settings.get(k) != self.settings.get(k) for k in same) or o.freq.shape != self.freq.shape:
                 raise ConfigError("cannot merge path stats from different settings or models: "
                                   f"{o.settings} {tuple(o.freq.shape)} vs {self.settings} {tuple(self.freq.shape)}")
             for k in _TENSORS:
                 getattr(out, k).add_(getattr(o, k))
         return out
 
-    def reduce(self, accelerator) -> "PathStats":
-        """Sum across the processes of an `accelerate` run (every process gets the total)."""
+    def reduce(self) -> "PathStats":
+        """Sum across the processes of an `accelerate launch` run (every process gets the total)."""
+        from accelerate import PartialState
         from accelerate.utils import reduce
 
-        tensors = {k: reduce(getattr(self, k).to(accelerator.device), reduction="sum").cpu() for k in _TENSORS}
+        device = PartialState().device
+        tensors = {k: reduce(getattr(self, k).to(device), reduction="sum").cpu() for k in _TENSORS}
         return PathStats(**tensors, settings=dict(self.settings))
 
     def preferred_path(self, c: int, k: int | None = None) -> torch.Tensor:
