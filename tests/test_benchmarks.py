@@ -32,3 +32,10 @@ def test_path_speed_quick(tmp_path, monkeypatch, capsys):
     res = json.loads(out.read_text())
     assert res["released_paths_identical"] and res["no_reuse_paths_identical"]
     assert res["locate_s"] > 0 and res["bare_s"] > 0
+
+
+def test_paper_claims_quick(tmp_path):
+    load("paper_claims").main(["--quick", "--out", str(tmp_path / "claims")])
+    res = json.loads((tmp_path / "claims" / "paper_claims.json").read_text())["methods"]
+    assert set(res) == {"jas", "layer_ig", "influence_pattern", "activation", "random"}
+    assert all(0 < r["consistency"] <= 1 for r in res.values())
