@@ -232,6 +232,22 @@ def test_unsupported_models_and_settings_fail_clearly(images, labels):
         locate_paths(model, images.float(), None)
 
 
+def test_forward_mode_equals_backpropagated_prefix(images, labels):
+    """The forward-mode gradient sum of earlier path neurons is the backward formulation's, exactly."""
+    from prune.models import ViTAdapter
+    from prune.paths import attribution as A
+
+    model = trained_tiny_vit().double()
+    vit = ViTAdapter(model)
+    _, acts = A.clean_pass(vit, images, "cls")
+    with A.frozen(model):
+        fwd = A.forward_mode_search(vit, images, labels, acts, steps=3, top_k=2)
+        bwd = A.progressive_search(vit, images, labels, acts, steps=3, top_k=2, scope="cls", joint=True)
+    assert torch.equal(fwd[0], bwd[0])
+    torch.testing.assert_close(fwd[1], bwd[1], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(fwd[2], bwd[2], rtol=1e-10, atol=1e-14)
+
+
 def test_prefix_reuse_equals_recomputation(images, labels):
     """Reusing the interpolated prefix across stages is an exact saving, not an approximation."""
     from prune.models import ViTAdapter

@@ -183,6 +183,63 @@ def progressive_search(vit: ViTAdapter, images: torch.Tensor, targets: torch.Ten
     return torch.stack(paths, 1), torch.stack(cands, 1), score
 
 
+def forward_mode_search(vit: ViTAdapter, images: torch.Tensor, targets: torch.Tensor, acts: list[torch.Tensor],
+                        *, steps: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 (scope "cls") with the earlier path neurons' gradient sum taken in forward mode.
+
+    `sum_{l<t} sum_p dF/dh_l[p]` is the derivative of F along the direction that moves every
+    earlier path neuron by 1: the prefix state (x_mid, h) at layer t carries that tangent,
+    extended by one block per stage with `torch.func.jvp` (PyTorch's fused CPU attention has no
+    forward-mode rule, so that one block runs the math attention kernel). Each stage then needs a
+    backward only through the blocks after layer t, and the prefix graph is not kept, which also
+    bounds memory to one stage. The sum is the same quantity as the backward formulation's, up
+    to float rounding.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n, m, L = images.shape[0], steps, vit.depth
+    with torch.no_grad():
+        x0, h0 = vit.pre(0, vit.embed(images))
+    alpha = step_alphas(n, m, acts[0])
+    rep = lambda t: t.repeat_interleave(m, 0)  # noqa: E731
+    xm, h = rep(x0), rep(h0)
+    dxm, dh = torch.zeros_like(xm), torch.zeros_like(h)  # d(state)/d(earlier path neurons)
+    tgt = rep(targets)
+    paths, cands = [], []
+    chosen_a = torch.zeros(n, 1, dtype=acts[0].dtype, device=x0.device)
+    for t in range(L):
+        leaf = (alpha[:, None, None] * rep(acts[t])).requires_grad_()
+        xm_in, h_in = xm.detach().requires_grad_(), h.detach().requires_grad_()
+        y = vit.post(t, xm_in, splice(h_in, leaf, "cls"))
+        for i in range(t + 1, L):
+            y = vit.post(i, *vit.pre(i, y))
+        g_leaf, g_xm, g_h = torch.autograd.grad(target_prob(vit.head(y), tgt).sum(), [leaf, xm_in, h_in])
+        del y
+        directional = acc(g_xm * dxm).sum((1, 2)) + acc(g_h * dh).sum((1, 2))  # [R]; g_h's CLS row is 0
+        chosen_g = step_sum(directional, n, m)[:, None]  # [n, 1]
+        g_t = step_sum(acc(g_leaf), n, m)
+        ja = ((acts[t] + chosen_a[..., None]) * (g_t + chosen_g[..., None])).sum(1) / m
+        p = ja.topk(top_k, dim=-1).indices
+        cands.append(ja)
+        paths.append(p)
+        chosen_a = chosen_a + gather_neurons(acts[t], p).sum(-1)
+        pleaf = interpolated(rep(acts[t]), rep(p), alpha)
+        onehot = torch.zeros_like(pleaf).scatter_(-1, rep(p)[:, None, :], 1.0)
+
+        def extend(xm_, h_, leaf_, t=t):
+            y_ = vit.post(t, xm_, splice(h_, leaf_, "cls"))
+            return vit.pre(t + 1, y_) if t + 1 < L else y_
+
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            state, tangent = torch.func.jvp(extend, (xm, h, pleaf), (dxm, dh, onehot))
+        if t + 1 < L:
+            (xm, h), (dxm, dh) = state, tangent
+    with torch.no_grad():
+        prob, dprob = torch.func.jvp(lambda y_: target_prob(vit.head(y_), tgt), (state,), (tangent,))
+    score = chosen_a[:, 0] * step_sum(acc(dprob), n, m) / m
+    return torch.stack(paths, 1), torch.stack(cands, 1), score
+
+
 def joint_score(vit: ViTAdapter, images: torch.Tensor, targets: torch.Tensor, acts: list[torch.Tensor],
                 paths: list[torch.Tensor], *, steps: int, scope: str) -> torch.Tensor:
     """JAS of given paths (`paths[l]` `[n, K]`): only path neurons are interpolated, in every layer."""
