@@ -125,8 +125,8 @@ def locate_paths(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
         natural unit for structural pruning. "auto" picks "cls" when the model reads its CLS token.
     target: "label" attributes the probability of `labels`; "pred" of the clean prediction.
     batch_size: rows per chunk (images x steps; an image's m steps are never split). Peak memory
-        is about twice the activations a training step of `batch_size` samples keeps, because the
-        "jas" prefix graph is kept across stages. Default: 4 images per chunk.
+        is about the activations a training step of `batch_size` samples keeps ("jas" with scope
+        "tokens" keeps its prefix graph across stages too: about twice that). Default: 4 images.
     amp: bf16 autocast on CUDA (faster; paths may differ where scores nearly tie). Default off:
         float32 everywhere, the paper's setting.
     Every image is independent: results do not depend on chunking beyond float rounding.
