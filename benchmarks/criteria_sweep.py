@@ -52,6 +52,7 @@ def main(argv=None) -> None:
                               "steps": 3 if args.quick else 20, "seed": args.seed},
                     "importance": {"kind": kind, "calibration_images": args.calibration_images, "seed": args.seed},
                     "prune": {"ratio": ratio, "compensate": comp},
+                    "finetune": {"epochs": 0}, "export": {"enabled": False}, "bench": {"enabled": False},
                 })
                 s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
                 row = {"ratio": ratio, "kind": kind, "compensate": comp,
