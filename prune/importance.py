@@ -153,24 +153,24 @@ def _tp_table(ctx: ImportanceContext, importance: tp.importance.Importance) -> t
     return torch.stack(rows)
 
 
+class _Magnitude(Criterion):
+    p = 1
+
+    @classmethod
+    def scores(cls, ctx):
+        return _tp_table(ctx, tp.importance.GroupMagnitudeImportance(p=cls.p))
+
+
 @register
-class MagnitudeL1(Criterion):
-    name = "magnitude_l1"
+class MagnitudeL1(_Magnitude):
+    name, p = "magnitude_l1", 1
     formula = "Torch-Pruning GroupMagnitudeImportance(p=1): L1 norm of fc1 row + fc2 column (group sum, mean-normalised)"
 
-    @staticmethod
-    def scores(ctx):
-        return _tp_table(ctx, tp.importance.GroupMagnitudeImportance(p=1))
-
 
 @register
-class MagnitudeL2(Criterion):
-    name = "magnitude_l2"
+class MagnitudeL2(_Magnitude):
+    name, p = "magnitude_l2", 2
     formula = "Torch-Pruning GroupMagnitudeImportance(p=2): squared L2 norm of fc1 row + fc2 column"
-
-    @staticmethod
-    def scores(ctx):
-        return _tp_table(ctx, tp.importance.GroupMagnitudeImportance(p=2))
 
 
 @register
