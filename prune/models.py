@@ -97,7 +97,7 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
     timm_cfg = resolve_data_config(model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     input_size = tuple(timm_cfg["input_size"])
-    if img_size is not None and local is not None:
+    if img_size is not None:  # the size the model was built for (timm's default config may say 224)
         input_size = (3, *img_size)
     data_cfg = DataConfig(
         input_size=input_size,

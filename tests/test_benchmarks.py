@@ -39,3 +39,10 @@ def test_paper_claims_quick(tmp_path):
     res = json.loads((tmp_path / "claims" / "paper_claims.json").read_text())["methods"]
     assert set(res) == {"jas", "layer_ig", "influence_pattern", "activation", "random"}
     assert all(0 < r["consistency"] <= 1 for r in res.values())
+
+
+def test_vit_b16_extrapolation_quick(tmp_path):
+    out = tmp_path / "x.json"
+    load("vit_b16_extrapolation").main(["--quick", "--batch-sizes", "1", "--repeats", "1", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["macs"]["pruned"] < res["macs"]["dense"] and "1" in res["latency_pytorch_cpu"]["pruned"]
