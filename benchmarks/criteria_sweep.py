@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="digits")
     ap.add_argument("--ratios", default="0.5", help="comma-separated FFN pruning ratios")
     ap.add_argument("--kinds", default=None, help="comma-separated importance kinds (default: all)")
+    ap.add_argument("--compensate", default="none,mean", help="comma-separated: none, mean")
     ap.add_argument("--images-per-class", type=int, default=10)
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--scope", default="auto", choices=["auto", "cls", "tokens"])
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for kind in kinds:
-            for comp in ("none", "mean"):
+            for comp in args.compensate.split(","):
                 recipe = Recipe.model_validate({
                     "name": "criteria_sweep",
                     "model": {"name": args.model},
