@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from prune.cli import main
 from prune.paths import PathResult, PathStats

@@ -2,7 +2,6 @@ import io
 
 import datasets
 import pytest
-import torch
 from PIL import Image
 
 from prune.data import ImageDataset, collate, find_columns, load_split, make_transform, sample_per_class

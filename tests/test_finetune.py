@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from prune.finetune import TrainConfig, distillation_loss, evaluate, train
+from prune.finetune import TrainConfig, distillation_loss, train
 
 
 class Toy(torch.utils.data.Dataset):
