@@ -20,6 +20,7 @@ def test_paths_on_embedded_default(tmp_path, capsys):
     assert res.neurons.shape == (20, 6, 2) and res.rows is not None
     assert summary["mean_jas"] == pytest.approx(res.scores.double().mean().item(), rel=1e-6)
     assert set(summary["probability_deviation"]) == {"remove", "enhance"}
+    assert summary["peak_memory"]["host_rss_mb"] > 0
     assert "wrote" in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..io import write_json
+from ..memory import peak_memory
 from ..models import ViTAdapter, load_model
 from .attribution import target_prob
 from .locate import PathResult, edit_paths, images_per_chunk, locate_paths
@@ -57,7 +58,7 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     vit.verify(torch.randn(1, *data_cfg.input_size))
     model.to(state.device)
 
-    with state.split_between_processes(list(range(len(dataset)))) as mine:
+    with state.split_between_processes(list(range(len(dataset)))) as mine, peak_memory(state.device) as memory:
         subset = torch.utils.data.Subset(dataset, mine)
         chunk = images_per_chunk(settings.batch_size, settings.steps, settings.method)
         loader = torch.utils.data.DataLoader(subset, batch_size=chunk, collate_fn=collate)
@@ -102,6 +103,7 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
         "empty_classes": empty_classes, "seconds": seconds,
         "images_per_second": len(subset) / seconds if seconds > 0 else None,
         "device": str(state.device), "processes": state.num_processes,
+        "peak_memory": memory,  # of the main process while it located its share
     }
     if state.is_main_process:
         out = Path(out_dir)
