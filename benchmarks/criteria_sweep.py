@@ -2,10 +2,15 @@
 
 All runs share one run directory, so the path discovery, the dense accuracy and each criterion's
 importance table are computed once and reused (`--update`); only pruning and evaluation rerun.
-Same calibration images and path images for every criterion.
+Same calibration images and path images for every criterion. `--seeds` repeats the sampling of the
+path and calibration images (and the random scores) with other seeds; magnitude criteria without
+compensation do not sample anything and run once. `--finetune-epochs` adds the same short recovery
+fine-tune (distillation from the dense model, fixed fine-tune seed) to every configuration.
 
     python benchmarks/criteria_sweep.py --model ../shared/models/vit_tiny_cifar10 \
         --data ../shared/data/cifar10 --ratios 0.5 --out runs/sweep_cifar
+    python benchmarks/criteria_sweep.py ... --seeds 0,1,2 --compensate none --out runs/sweep_seeds
+    python benchmarks/criteria_sweep.py ... --kinds taylor,random --finetune-epochs 1 --finetune-images 5000
     python benchmarks/criteria_sweep.py --quick   # embedded digits model, seconds (the CI smoke test)
 """
 
@@ -29,7 +34,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scope", default="auto", choices=["auto", "cls", "tokens"])
     ap.add_argument("--calibration-images", type=int, default=512)
     ap.add_argument("--eval-images", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds of image sampling (paths, calibration)")
+    ap.add_argument("--finetune-epochs", type=int, default=0, help="recovery fine-tune after pruning (0: none)")
+    ap.add_argument("--finetune-images", type=int, default=5000)
     ap.add_argument("--out", default="runs/criteria_sweep")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     args = ap.parse_args(argv)
@@ -40,29 +47,39 @@ def main(argv=None) -> None:
 
     if args.quick:
         args.images_per_class, args.calibration_images, args.eval_images = 2, 64, 100
+        args.finetune_images = min(args.finetune_images, 64)
     kinds = args.kinds.split(",") if args.kinds else list(CRITERIA)
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for ratio in [float(r) for r in args.ratios.split(",")]:
-        for kind in kinds:
-            for comp in args.compensate.split(","):
-                recipe = Recipe.model_validate({
-                    "name": "criteria_sweep",
-                    "model": {"name": args.model},
-                    "data": {"source": args.data, "eval_images": args.eval_images, "batch_size": 256},
-                    "paths": {"images_per_class": args.images_per_class, "top_k": args.top_k, "scope": args.scope,
-                              "steps": 3 if args.quick else 20, "seed": args.seed},
-                    "importance": {"kind": kind, "calibration_images": args.calibration_images, "seed": args.seed},
-                    "prune": {"ratio": ratio, "compensate": comp},
-                    "finetune": {"epochs": 0}, "export": {"enabled": False}, "bench": {"enabled": False},
-                })
-                s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
-                row = {"ratio": ratio, "kind": kind, "compensate": comp,
-                       "top1": s["accuracy"]["pruned"]["top1"], "top5": s["accuracy"]["pruned"]["top5"],
-                       "dense_top1": s["accuracy"]["dense"]["top1"], "images": s["accuracy"]["pruned"]["images"],
-                       "macs_ratio": s["macs"]["pruned"] / s["macs"]["dense"]}
-                rows.append(row)
-                print(f"ratio {ratio:.2f}  {kind:20s} compensate={comp:4s}  top1 {row['top1']:.4f} "
-                      f"(dense {row['dense_top1']:.4f})", flush=True)
+    for ratio, kind, comp, seed in ((r, k, c, s) for r in map(float, args.ratios.split(",")) for k in kinds
+                                    for c in args.compensate.split(",") for s in seeds):
+        if seed != seeds[0] and kind.startswith("magnitude") and comp == "none":
+            continue  # nothing sampled: every seed gives the same model
+        recipe = Recipe.model_validate({
+            "name": "criteria_sweep",
+            "model": {"name": args.model},
+            "data": {"source": args.data, "eval_images": args.eval_images, "batch_size": 256},
+            "paths": {"images_per_class": args.images_per_class, "top_k": args.top_k, "scope": args.scope,
+                      "steps": 3 if args.quick else 20, "seed": seed},
+            "importance": {"kind": kind, "calibration_images": args.calibration_images, "seed": seed},
+            "prune": {"ratio": ratio, "compensate": comp},
+            "finetune": {"epochs": args.finetune_epochs, "train_images": args.finetune_images,
+                         "batch_size": 128, "lr": 5e-4, "distill": {"alpha": 0.5, "temperature": 2.0}},
+            "export": {"enabled": False}, "bench": {"enabled": False},
+        })
+        s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
+        acc = s["accuracy"]
+        row = {"ratio": ratio, "kind": kind, "scope": args.scope if kind.startswith("path") else "",
+               "compensate": comp, "seed": seed,
+               "top1": acc["pruned"]["top1"], "top5": acc["pruned"]["top5"],
+               "finetuned_top1": acc["finetuned"]["top1"] if "finetuned" in acc else "",
+               "dense_top1": acc["dense"]["top1"], "images": acc["pruned"]["images"],
+               "macs_ratio": s["macs"]["pruned"] / s["macs"]["dense"],
+               "path_seconds": s["paths"]["seconds"] if "paths" in s else ""}
+        rows.append(row)
+        ft = f"  fine-tuned {row['finetuned_top1']:.4f}" if "finetuned" in acc else ""
+        print(f"ratio {ratio:.2f}  {kind:20s} compensate={comp:4s} seed {seed}  top1 {row['top1']:.4f}{ft} "
+              f"(dense {row['dense_top1']:.4f})", flush=True)
     out = Path(args.out)
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

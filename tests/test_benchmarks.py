@@ -24,6 +24,17 @@ def test_criteria_sweep_quick(tmp_path):
     assert float(rows[-1]["top1"]) == summary["accuracy"]["pruned"]["top1"]
 
 
+def test_criteria_sweep_seeds_and_finetune(tmp_path):
+    out = tmp_path / "sweep"
+    load("criteria_sweep").main(["--quick", "--kinds", "magnitude_l1,random", "--compensate", "none",
+                                 "--seeds", "0,1", "--finetune-epochs", "1", "--out", str(out)])
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [(r["kind"], r["seed"]) for r in rows] == [("magnitude_l1", "0"), ("random", "0"), ("random", "1")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert float(rows[-1]["finetuned_top1"]) == summary["accuracy"]["finetuned"]["top1"]
+    assert summary["finetune"]["train_images"] == 64
+
+
 def test_path_speed_quick(tmp_path, monkeypatch, capsys):
     out = tmp_path / "speed.json"
     monkeypatch.setattr("sys.argv", ["path_speed.py", "--model", "digits-vit", "--images", "2",
