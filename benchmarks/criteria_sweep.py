@@ -51,8 +51,10 @@ def main(argv=None) -> None:
     kinds = args.kinds.split(",") if args.kinds else list(CRITERIA)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for ratio, kind, comp, seed in ((r, k, c, s) for r in map(float, args.ratios.split(",")) for k in kinds
-                                    for c in args.compensate.split(",") for s in seeds):
+    # seed outermost: a run directory keeps one version of each stage, so this order runs the path
+    # discovery once per seed and the importance once per (seed, kind)
+    for seed, kind, ratio, comp in ((s, k, r, c) for s in seeds for k in kinds
+                                    for r in map(float, args.ratios.split(",")) for c in args.compensate.split(",")):
         if seed != seeds[0] and kind.startswith("magnitude") and comp == "none":
             continue  # nothing sampled: every seed gives the same model
         recipe = Recipe.model_validate({

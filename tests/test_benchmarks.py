@@ -29,7 +29,7 @@ def test_criteria_sweep_seeds_and_finetune(tmp_path):
     load("criteria_sweep").main(["--quick", "--kinds", "magnitude_l1,random", "--compensate", "none",
                                  "--seeds", "0,1", "--finetune-epochs", "1", "--out", str(out)])
     rows = list(csv.DictReader(open(out / "sweep.csv")))
-    assert [(r["kind"], r["seed"]) for r in rows] == [("magnitude_l1", "0"), ("random", "0"), ("random", "1")]
+    assert [(r["kind"], r["seed"]) for r in rows] == [("magnitude_l1", "0"), ("random", "0"), ("random", "1")]  # seed-major
     summary = json.loads((out / "summary.json").read_text())
     assert float(rows[-1]["finetuned_top1"]) == summary["accuracy"]["finetuned"]["top1"]
     assert summary["finetune"]["train_images"] == 64
