@@ -57,3 +57,11 @@ def test_vit_b16_extrapolation_quick(tmp_path):
     load("vit_b16_extrapolation").main(["--quick", "--batch-sizes", "1", "--repeats", "1", "--json", str(out)])
     res = json.loads(out.read_text())
     assert res["macs"]["pruned"] < res["macs"]["dense"] and "1" in res["latency_pytorch_cpu"]["pruned"]
+
+
+def test_discovery_budget_quick(tmp_path):
+    res = load("discovery_budget").main(["--quick", "--out", str(tmp_path / "budget"), "--json", str(tmp_path / "b.json")])
+    assert [(r["images_per_class"], r["top_k"]) for r in res["rows"]] == [(1, 1), (2, 1), (1, 2)]
+    assert [r["images"] for r in res["rows"]] == [10, 20, 10]
+    assert all(r["discovery_s"] > 0 and r["peak_rss_mb"] > 0 for r in res["rows"])
+    assert json.loads((tmp_path / "b.json").read_text()) == res
