@@ -5,6 +5,10 @@ Path discovery: the per-image time of `locate_paths` on ViT-B/16 from `path_spee
 linearly in the number of steps (each stage is m rows of forward + backward), times the recipe's
 images. GPU rows are estimates from FLOPs under stated assumptions, not measurements.
 
+Memory: the peak resident set of `locate_paths` on ViT-B/16 is measured here for a few chunk sizes
+(`--memory-images` images x `--memory-steps` rows each, one chunk per call), fitted by a line in the
+number of rows and read at the recipe's `paths.batch_size` rows.
+
     python benchmarks/vit_b16_extrapolation.py --speed-json benchmarks/results/path_speed_vit_b16.json
     python benchmarks/vit_b16_extrapolation.py --quick    # tiny model, the CI smoke test
 """
@@ -27,6 +31,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gpu-tflops", type=float, default=312.0, help="assumed peak bf16 TFLOP/s of one GPU (A100)")
     ap.add_argument("--gpu-utilisation", type=float, default=0.4, help="assumed fraction of peak reached")
+    ap.add_argument("--memory-images", default="1,2,4", help="images per chunk for the memory fit ('' to skip)")
+    ap.add_argument("--memory-steps", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
@@ -60,6 +66,9 @@ def main(argv=None) -> None:
             "assumptions": f"{args.gpu_tflops} TFLOP/s peak bf16 at {args.gpu_utilisation:.0%}; steps scale linearly; "
                            "8 GPUs split the images evenly (accelerate launch) with no other overhead",
         }
+    if args.memory_images:
+        out["discovery_memory"] = discovery_memory(name, kwargs, recipe, [int(n) for n in args.memory_images.split(",")],
+                                                   args.memory_steps)
     dense, data_cfg, _ = load_model(name, pretrained=False, **kwargs)
     pruned, _, _ = load_model(name, pretrained=False, **kwargs)
     example = torch.randn(1, *data_cfg.input_size)
@@ -79,8 +88,39 @@ def main(argv=None) -> None:
         d = out["discovery"]
         print(f"discovery: {d['cpu_s_per_image']:.1f} s/image on 2 CPU cores -> {d['cpu_2_cores_hours']:.0f} h for "
               f"{d['images']} images; estimated {d['one_gpu_hours']:.2f} h on one GPU, {d['eight_gpu_hours']:.2f} h on 8")
+    if "discovery_memory" in out:
+        m = out["discovery_memory"]
+        print(f"discovery peak RSS: {m['fit_mb_per_row']:.1f} MB per row + {m['fit_intercept_mb']:.0f} MB; "
+              f"{m['recipe_rows']} rows (the recipe's chunk) -> {m['recipe_peak_rss_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def discovery_memory(name: str, kwargs: dict, recipe, images: list[int], steps: int) -> dict:
+    """Peak RSS of one `locate_paths` chunk per size, a least-squares line in rows, read at the recipe's chunk."""
+    from prune.memory import peak_memory
+    from prune.models import load_model
+    from prune.paths import locate_paths
+
+    model, data_cfg, _ = load_model(name, pretrained=False, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    points = []
+    for n in images:
+        x = torch.randn(n, *data_cfg.input_size, generator=gen)
+        y = torch.randint(0, model.num_classes, (n,), generator=gen)
+        with peak_memory() as mem:
+            locate_paths(model, x, y, steps=steps, top_k=recipe.paths.top_k, scope=recipe.paths.scope,
+                         batch_size=n * steps, progress=False)
+        points.append({"images": n, "rows": n * steps, "peak_rss_mb": mem["host_rss_mb"]})
+        print(f"locate_paths {n} images x {steps} steps: peak RSS {mem['host_rss_mb']:.0f} MB", flush=True)
+    rows = torch.tensor([p["rows"] for p in points], dtype=torch.float64)
+    mb = torch.tensor([p["peak_rss_mb"] for p in points], dtype=torch.float64)
+    slope = float(((rows - rows.mean()) * (mb - mb.mean())).sum() / ((rows - rows.mean()) ** 2).sum())
+    intercept = float(mb.mean() - slope * rows.mean())
+    chunk = recipe.paths.batch_size or 4 * recipe.paths.steps
+    return {"points": points, "steps": steps, "fit_mb_per_row": slope, "fit_intercept_mb": intercept,
+            "recipe_rows": chunk, "recipe_peak_rss_mb": intercept + slope * chunk,
+            "note": "host peak RSS of the whole process (libraries, model, activations), float32, CPU"}
 
 
 if __name__ == "__main__":

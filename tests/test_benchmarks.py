@@ -54,8 +54,10 @@ def test_paper_claims_quick(tmp_path):
 
 def test_vit_b16_extrapolation_quick(tmp_path):
     out = tmp_path / "x.json"
-    load("vit_b16_extrapolation").main(["--quick", "--batch-sizes", "1", "--repeats", "1", "--json", str(out)])
+    load("vit_b16_extrapolation").main(["--quick", "--batch-sizes", "1", "--repeats", "1", "--memory-images", "1,2",
+                                        "--memory-steps", "2", "--json", str(out)])
     res = json.loads(out.read_text())
+    assert [p["rows"] for p in res["discovery_memory"]["points"]] == [2, 4]
     assert res["macs"]["pruned"] < res["macs"]["dense"] and "1" in res["latency_pytorch_cpu"]["pruned"]
 
 
