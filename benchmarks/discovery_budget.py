@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
         print(f"{ipc:3d} img/class top-{k:<3d} {row['images']:5d} images  discovery {row['discovery_s']:7.1f}s "
               f"peak RSS {row['peak_rss_mb']:7.0f} MB  top1 {row['top1']:.4f}", flush=True)
     res = {"model": args.model, "data": args.data, "kind": args.kind, "scope": args.scope, "ratio": args.ratio,
-           "steps": args.steps, "calibration_images": args.calibration_images, "seed": args.seed,
+           "steps": args.steps, "anchor_images_per_class": args.anchor_images_per_class,
+           "anchor_top_k": args.anchor_top_k, "calibration_images": args.calibration_images, "seed": args.seed,
            "dense_top1": rows[0]["dense_top1"], "rows": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -67,3 +69,22 @@ def test_discovery_budget_quick(tmp_path):
     assert [r["images"] for r in res["rows"]] == [10, 20, 10]
     assert all(r["discovery_s"] > 0 and r["peak_rss_mb"] > 0 for r in res["rows"])
     assert json.loads((tmp_path / "b.json").read_text()) == res
+
+
+def test_summarize_aggregates_seeds_and_rejects_conflicting_reruns(tmp_path, capsys):
+    head = "ratio,kind,scope,compensate,seed,top1,top5,finetuned_top1,dense_top1,images,macs_ratio,path_seconds\n"
+    (tmp_path / "criteria_sweep_a.csv").write_text(
+        head + "0.5,taylor,,none,0,0.60,0.9,,0.62,100,0.7,\n0.5,taylor,,none,1,0.62,0.9,0.615,0.62,100,0.7,\n"
+        "0.3,taylor,,none,0,0.61,0.9,,0.62,100,0.8,\n")
+    (tmp_path / "criteria_sweep_old_tokens.csv").write_text(  # old format: no scope/seed columns
+        "ratio,kind,compensate,top1,top5,dense_top1,images,macs_ratio\n0.5,path_jas,none,0.55,0.9,0.62,100,0.7\n")
+    summarize = load("summarize")
+    summarize.main(["--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| taylor | 61.00 | - | 61.00 ± 1.41 (n=2) | - |" in out  # mean 61, sample sd sqrt(2)
+    assert "| path_jas (tokens) | - | - | 55.00 | - |" in out
+    assert "| taylor | 50% | 1 | 62.00 | 61.50 | -0.50 |" in out
+    assert (tmp_path / "criteria_vs_sparsity.png").stat().st_size > 0
+    (tmp_path / "criteria_sweep_b.csv").write_text(head + "0.5,taylor,,none,0,0.59,0.9,,0.62,100,0.7,\n")
+    with pytest.raises(SystemExit, match="seed 0: top1 0.6"):
+        summarize.main(["--results", str(tmp_path)])

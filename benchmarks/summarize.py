@@ -1,0 +1,181 @@
+"""Tables (markdown, printed) and plots (PNG) for RESULTS.md, made only from the raw results in
+`benchmarks/results/`: the criteria sweeps' CSVs and the discovery-budget JSON.
+
+    python benchmarks/summarize.py                      # reads and writes benchmarks/results/
+    python benchmarks/summarize.py --results some/dir   # another results folder
+
+Sweep CSVs written before the `scope` and `seed` columns existed are read as seed 0, with the path
+criteria's scope taken from the file name (`..._tokens.csv`: tokens, otherwise cls). A configuration
+found in several files must have the same accuracy in each (reruns are exact); a mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+KIND_ORDER = ["taylor", "activation_variance", "magnitude_l1", "magnitude_l2", "activation_mean",
+              "path_frequency", "path_jas", "path_coverage", "random"]
+
+
+def label(kind: str, scope: str) -> str:
+    return f"{kind} ({scope})" if scope else kind
+
+
+def load_sweeps(results: Path) -> dict[tuple, dict[int, dict]]:
+    """`{(ratio, kind, scope, compensate): {seed: row}}` from every `criteria_sweep_*.csv`."""
+    table: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for f in sorted(results.glob("criteria_sweep_*.csv")):
+        for r in csv.DictReader(open(f)):
+            kind = r["kind"]
+            scope = r.get("scope") or ""
+            if kind.startswith("path") and scope in ("", "auto"):
+                scope = "tokens" if f.stem.endswith("_tokens") else "cls"
+            seed = int(r.get("seed") or 0)
+            key = (float(r["ratio"]), kind, scope, r["compensate"])
+            row = {"top1": float(r["top1"]), "finetuned_top1": float(r["finetuned_top1"]) if r.get("finetuned_top1") else None,
+                   "file": f.name}
+            old = table[key].get(seed)
+            if old is not None and old["top1"] != row["top1"]:
+                raise SystemExit(f"{key} seed {seed}: top1 {old['top1']} in {old['file']} but {row['top1']} in {f.name}")
+            if old is None or row["finetuned_top1"] is not None:
+                table[key][seed] = row
+    return table
+
+
+def spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value), in percent."""
+    v = [100 * x for x in values]
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else None)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m, s = spread(values)
+    return f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f} (n={len(values)})"
+
+
+def ordered(keys) -> list[tuple[str, str]]:
+    return sorted(keys, key=lambda ks: (KIND_ORDER.index(ks[0]) if ks[0] in KIND_ORDER else 99, ks[1]))
+
+
+def sweep_tables(table) -> str:
+    ratios = sorted({k[0] for k in table})
+    configs = ordered({(k[1], k[2]) for k in table})
+    lines = ["One-shot top-1 (%) by criterion, FFN sparsity and compensation; mean ± standard deviation over seeds "
+             "of image sampling where several were run (n = seeds).", "",
+             "| criterion | " + " | ".join(f"{r:.0%} {c}" for r in ratios for c in ("none", "mean")) + " |",
+             "|---|" + "---|" * (2 * len(ratios))]
+    for kind, scope in configs:
+        cells = [cell([row["top1"] for row in table.get((r, kind, scope, c), {}).values()])
+                 for r in ratios for c in ("none", "mean")]
+        lines.append(f"| {label(kind, scope)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def finetune_table(table) -> str:
+    rows = [(k, seed, row) for k, seeds in table.items() for seed, row in seeds.items() if row["finetuned_top1"] is not None]
+    if not rows:
+        return "(no fine-tuned rows)"
+    lines = ["| criterion | ratio | seed | one-shot | after the short fine-tune | recovered |", "|---|---|---|---|---|---|"]
+    for (ratio, kind, scope, comp), seed, row in sorted(rows, key=lambda r: (r[0][0], -r[2]["finetuned_top1"])):
+        lines.append(f"| {label(kind, scope)}{'' if comp == 'none' else ', mean comp.'} | {ratio:.0%} | {seed} | "
+                     f"{100 * row['top1']:.2f} | {100 * row['finetuned_top1']:.2f} | "
+                     f"{100 * (row['finetuned_top1'] - row['top1']):+.2f} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(table, dense: float | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, comp in zip(axes, ("none", "mean")):
+        for kind, scope in ordered({(k[1], k[2]) for k in table if k[3] == comp}):
+            pts = sorted((r, spread([row["top1"] for row in seeds.values()]))
+                         for (r, k, s, c), seeds in table.items() if (k, s, c) == (kind, scope, comp))
+            if len(pts) < 2:
+                continue
+            xs = [100 * r for r, _ in pts]
+            ys = [m for _, (m, _) in pts]
+            err = [sd or 0 for _, (_, sd) in pts]
+            style = "--" if kind == "random" else ("-" if kind.startswith("path") else ":")
+            ax.errorbar(xs, ys, yerr=err, marker="o", ls=style, capsize=3, label=label(kind, scope))
+        if dense is not None:
+            ax.axhline(100 * dense, color="k", lw=0.8, label="dense")
+        ax.set_title(f"one-shot, compensation: {comp}")
+        ax.set_xlabel("FFN neurons removed (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("CIFAR-10 top-1 (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def budget_table(res: dict) -> str:
+    lines = ["| images per class | top-K | images | discovery (s) | images/s | peak RSS (MB) | top-1 (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['images_per_class']} | {r['top_k']} | {r['images']} | {r['discovery_s']:.0f} | "
+                     f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {100 * r['top1']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_budget(res: dict, out: Path, anchor_k: int, anchor_ipc: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, fixed, name) in zip(axes, [("images_per_class", ("top_k", anchor_k), "images per class"),
+                                             ("top_k", ("images_per_class", anchor_ipc), "top-K")]):
+        rows = sorted((r for r in res["rows"] if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
+        xs = [r[key] for r in rows]
+        ax.plot(xs, [100 * r["top1"] for r in rows], "o-", color="C0")
+        ax.axhline(100 * res["dense_top1"], color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(f"{name} ({fixed[0].replace('_', ' ')} = {fixed[1]})")
+        ax.set_ylabel(f"top-1 at {res['ratio']:.0%} (%)", color="C0")
+        tw = ax.twinx()
+        tw.plot(xs, [r["discovery_s"] / 60 for r in rows], "s--", color="C3")
+        tw.set_ylabel("discovery time (min)", color="C3")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{res['kind']} (scope {res['scope']}), one-shot")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    table = load_sweeps(results)
+    if table:
+        dense = next((float(r["dense_top1"]) for f in sorted(results.glob("criteria_sweep_*.csv"))
+                      for r in csv.DictReader(open(f))), None)
+        print(sweep_tables(table), "\n")
+        print(finetune_table(table), "\n")
+        plot_sweep(table, dense, results / "criteria_vs_sparsity.png")
+        print(f"wrote {results / 'criteria_vs_sparsity.png'}")
+    for f in sorted(results.glob("discovery_budget_*.json")):
+        res = json.loads(f.read_text())
+        print(budget_table(res), "\n")
+        png = f.with_suffix(".png")
+        plot_budget(res, png, res.get("anchor_top_k", 5), res.get("anchor_images_per_class", 10))
+        print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()
