@@ -192,6 +192,26 @@ class Taylor(Criterion):
         return table
 
 
+def block_ranks(table: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry within its block (row): 0 = least important, D - 1 = most; ties by index."""
+    return table.double().argsort(dim=1, stable=True).argsort(dim=1).double()
+
+
+@register
+class PathTaylor(Criterion):
+    name = "path_taylor"
+    needs_paths = True
+    formula = ("Borda count per block: rank under taylor + rank under path_frequency, ties broken by taylor; "
+               "loss sensitivity on the calibration images and membership in the classes' paths, weighted "
+               "equally. Ranks are per block, so under global scope every block loses the same share")
+
+    @staticmethod
+    def scores(ctx):
+        taylor = Taylor.scores(ctx)
+        fused = block_ranks(taylor) + block_ranks(PathFrequency.scores(ctx))
+        return torch.stack([lexicographic_ranks(f, t) for f, t in zip(fused, taylor)])
+
+
 @register
 class ActivationMean(Criterion):
     name = "activation_mean"

@@ -127,3 +127,18 @@ def test_path_frequency_ties_are_broken_by_path_jas_exactly():
     st.score_norm_sum[:, 0] = torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # neuron 1 wins the tie
     ranks = PathFrequency.scores(ImportanceContext(None, st))
     assert ranks[0].argsort().tolist() == [0, 1, 2, 3]  # freq: 0.3, 0.3, 0.5, 0.9 ; tie 0 < 1 by path_jas
+
+
+def test_path_taylor_is_a_borda_count_of_taylor_and_path_frequency(monkeypatch):
+    from prune import importance as imp
+
+    taylor = torch.tensor([[0.4, 0.1, 0.3, 0.2], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    freq = torch.tensor([[0.0, 3.0, 1.0, 2.0], [3.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
+    monkeypatch.setattr(imp.Taylor, "scores", staticmethod(lambda ctx: taylor))
+    monkeypatch.setattr(imp.PathFrequency, "scores", staticmethod(lambda ctx: freq))
+    order = imp.PathTaylor.scores(None).argsort(dim=1).tolist()  # least important first
+    # block 0: taylor ranks [3,0,2,1] + freq ranks [0,3,1,2] = [3,3,3,3]: all tied, taylor decides
+    # block 1: taylor ranks [0,1,2,3] + freq ranks [3,2,1,0] = [3,3,3,3]: tied again, taylor decides
+    assert order == [[1, 3, 2, 0], [0, 1, 2, 3]]
+    freq[0] = torch.tensor([3.0, 2.0, 1.0, 0.0])  # freq ranks [3,2,1,0] -> sums [6,2,3,1]
+    assert imp.PathTaylor.scores(None).argsort(dim=1)[0].tolist() == [3, 1, 2, 0]
