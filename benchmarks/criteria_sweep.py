@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 
@@ -82,13 +81,18 @@ def main(argv=None) -> None:
         ft = f"  fine-tuned {row['finetuned_top1']:.4f}" if "finetuned" in acc else ""
         print(f"ratio {ratio:.2f}  {kind:20s} compensate={comp:4s} seed {seed}  top1 {row['top1']:.4f}{ft} "
               f"(dense {row['dense_top1']:.4f})", flush=True)
-    out = Path(args.out)
-    with open(out / "sweep.csv", "w", newline="") as f:
+        write_rows(Path(args.out), rows)  # after every row: an interrupted sweep keeps what it measured
+    print(f"wrote {args.out}/sweep.csv and sweep.json")
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    from prune.io import atomic_path, write_json
+
+    with atomic_path(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    print(f"wrote {out}/sweep.csv and sweep.json")
+    write_json(out / "sweep.json", rows)
 
 
 if __name__ == "__main__":
