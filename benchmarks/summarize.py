@@ -4,8 +4,8 @@
     python benchmarks/summarize.py                      # reads and writes benchmarks/results/
     python benchmarks/summarize.py --results some/dir   # another results folder
 
-Sweep CSVs written before the `scope` and `seed` columns existed are read as seed 0, with the path
-criteria's scope taken from the file name (`..._tokens.csv`: tokens, otherwise cls). A configuration
+Sweep CSVs written before the `scope`, `top_k` and `seed` columns existed are read as seed 0 and
+top-5, with the path criteria's scope taken from the file name (`..._tokens.csv`: tokens, otherwise cls). A configuration
 found in several files must have the same accuracy in each (reruns are exact); a mismatch is an error.
 """
 
@@ -26,6 +26,7 @@ def label(kind: str, scope: str) -> str:
     return f"{kind} ({scope})" if scope else kind
 
 
+
 def load_sweeps(results: Path) -> dict[tuple, dict[int, dict]]:
     """`{(ratio, kind, scope, compensate): {seed: row}}` from every `criteria_sweep_*.csv`."""
     table: dict[tuple, dict[int, dict]] = defaultdict(dict)
@@ -35,6 +36,8 @@ def load_sweeps(results: Path) -> dict[tuple, dict[int, dict]]:
             scope = r.get("scope") or ""
             if kind.startswith("path") and scope in ("", "auto"):
                 scope = "tokens" if f.stem.endswith("_tokens") else "cls"
+            if kind.startswith("path"):  # files without a top_k column used top-5
+                scope = f"{scope}, K={int(r.get('top_k') or 5)}"
             seed = int(r.get("seed") or 0)
             key = (float(r["ratio"]), kind, scope, r["compensate"])
             row = {"top1": float(r["top1"]), "finetuned_top1": float(r["finetuned_top1"]) if r.get("finetuned_top1") else None,
