@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-KIND_ORDER = ["taylor", "activation_variance", "magnitude_l1", "magnitude_l2", "activation_mean",
+KIND_ORDER = ["taylor", "path_taylor", "activation_variance", "magnitude_l1", "magnitude_l2", "activation_mean",
               "path_frequency", "path_jas", "path_coverage", "random"]
 
 
@@ -99,26 +99,27 @@ def plot_sweep(table, dense: float | None, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    configs = ordered({(k[1], k[2]) for k in table})
+    colour = {c: plt.cm.tab20(i % 20) for i, c in enumerate(configs)}  # one colour per criterion in both panels
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, comp in zip(axes, ("none", "mean")):
-        for kind, scope in ordered({(k[1], k[2]) for k in table if k[3] == comp}):
+        for kind, scope in configs:
             pts = sorted((r, spread([row["top1"] for row in seeds.values()]))
                          for (r, k, s, c), seeds in table.items() if (k, s, c) == (kind, scope, comp))
             if len(pts) < 2:
                 continue
-            xs = [100 * r for r, _ in pts]
-            ys = [m for _, (m, _) in pts]
-            err = [sd or 0 for _, (_, sd) in pts]
             style = "--" if kind == "random" else ("-" if kind.startswith("path") else ":")
-            ax.errorbar(xs, ys, yerr=err, marker="o", ls=style, capsize=3, label=label(kind, scope))
+            ax.errorbar([100 * r for r, _ in pts], [m for _, (m, _) in pts], yerr=[sd or 0 for _, (_, sd) in pts],
+                        marker="o", ls=style, capsize=3, color=colour[(kind, scope)], label=label(kind, scope))
         if dense is not None:
-            ax.axhline(100 * dense, color="k", lw=0.8, label="dense")
+            ax.axhline(100 * dense, color="k", lw=0.8)
         ax.set_title(f"one-shot, compensation: {comp}")
         ax.set_xlabel("FFN neurons removed (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("CIFAR-10 top-1 (%)")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    axes[0].set_ylabel("CIFAR-10 top-1 (%); black line: dense")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(out, dpi=120)
     plt.close(fig)
 
