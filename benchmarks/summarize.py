@@ -85,7 +85,7 @@ def finetune_table(table) -> str:
     rows = [(k, seed, row) for k, seeds in table.items() for seed, row in seeds.items() if row["finetuned_top1"] is not None]
     if not rows:
         return "(no fine-tuned rows)"
-    lines = ["| criterion | ratio | seed | one-shot | after the short fine-tune | recovered |", "|---|---|---|---|---|---|"]
+    lines = ["| criterion | ratio | seed | one-shot | after the short fine-tune | change |", "|---|---|---|---|---|---|"]
     for (ratio, kind, scope, comp), seed, row in sorted(rows, key=lambda r: (r[0][0], -r[2]["finetuned_top1"])):
         lines.append(f"| {label(kind, scope)}{'' if comp == 'none' else ', mean comp.'} | {ratio:.0%} | {seed} | "
                      f"{100 * row['top1']:.2f} | {100 * row['finetuned_top1']:.2f} | "
