@@ -81,6 +81,22 @@ def sweep_tables(table) -> str:
     return "\n".join(lines)
 
 
+def seed_table(table) -> str:
+    """Every configuration run with several seeds: the per-seed values, their mean and spread."""
+    rows = [(k, seeds) for k, seeds in table.items() if len(seeds) > 1]
+    if not rows:
+        return "(no configuration with several seeds)"
+    n = max(len(seeds) for _, seeds in rows)
+    lines = ["| criterion | ratio | compensation | " + " | ".join(f"seed {i}" for i in range(n)) + " | mean ± sd |",
+             "|---|---|---|" + "---|" * (n + 1)]
+    order = {c: i for i, c in enumerate(ordered({(k[1], k[2]) for k, _ in rows}))}
+    for (ratio, kind, scope, comp), seeds in sorted(rows, key=lambda r: (r[0][0], order[(r[0][1], r[0][2])], r[0][3])):
+        vals = [f"{100 * seeds[i]['top1']:.2f}" if i in seeds else "-" for i in range(n)]
+        m, sd = spread([row["top1"] for row in seeds.values()])
+        lines.append(f"| {label(kind, scope)} | {ratio:.0%} | {comp} | " + " | ".join(vals) + f" | {m:.2f} ± {sd:.2f} |")
+    return "\n".join(lines)
+
+
 def finetune_table(table) -> str:
     rows = [(k, seed, row) for k, seeds in table.items() for seed, row in seeds.items() if row["finetuned_top1"] is not None]
     if not rows:
@@ -172,6 +188,7 @@ def main(argv=None) -> None:
         dense = next((float(r["dense_top1"]) for f in sorted(results.glob("criteria_sweep_*.csv"))
                       for r in csv.DictReader(open(f))), None)
         print(sweep_tables(table), "\n")
+        print(seed_table(table), "\n")
         print(finetune_table(table), "\n")
         plot_sweep(table, dense, results / "criteria_vs_sparsity.png")
         print(f"wrote {results / 'criteria_vs_sparsity.png'}")

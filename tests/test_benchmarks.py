@@ -84,6 +84,7 @@ def test_summarize_aggregates_seeds_and_rejects_conflicting_reruns(tmp_path, cap
     assert "| taylor | 61.00 | - | 61.00 ± 1.41 (n=2) | - |" in out  # mean 61, sample sd sqrt(2)
     assert "| path_jas (tokens, K=5) | - | - | 55.00 | - |" in out
     assert "| taylor | 50% | 1 | 62.00 | 61.50 | -0.50 |" in out
+    assert "| taylor | 50% | none | 60.00 | 62.00 | 61.00 ± 1.41 |" in out
     assert (tmp_path / "criteria_vs_sparsity.png").stat().st_size > 0
     (tmp_path / "criteria_sweep_b.csv").write_text(head + "0.5,taylor,,none,0,0.59,0.9,,0.62,100,0.7,\n")
     with pytest.raises(SystemExit, match="seed 0: top1 0.6"):
