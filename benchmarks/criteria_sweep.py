@@ -70,8 +70,9 @@ def main(argv=None) -> None:
         })
         s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
         acc = s["accuracy"]
-        row = {"ratio": ratio, "kind": kind, "scope": args.scope if kind.startswith("path") else "",
-               "top_k": args.top_k if kind.startswith("path") else "",
+        uses_paths = CRITERIA[kind].needs_paths
+        row = {"ratio": ratio, "kind": kind, "scope": args.scope if uses_paths else "",
+               "top_k": args.top_k if uses_paths else "",
                "compensate": comp, "seed": seed,
                "top1": acc["pruned"]["top1"], "top5": acc["pruned"]["top5"],
                "finetuned_top1": acc["finetuned"]["top1"] if "finetuned" in acc else "",

@@ -26,6 +26,15 @@ def label(kind: str, scope: str) -> str:
     return f"{kind} ({scope})" if scope else kind
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 def load_sweeps(results: Path) -> dict[tuple, dict[int, dict]]:
     """`{(ratio, kind, scope, compensate): {seed: row}}` from every `criteria_sweep_*.csv`."""
@@ -110,11 +119,7 @@ def finetune_table(table) -> str:
 
 
 def plot_sweep(table, dense: float | None, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     configs = ordered({(k[1], k[2]) for k in table})
     colour = {c: plt.cm.tab20(i % 20) for i, c in enumerate(configs)}  # one colour per criterion in both panels
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
@@ -149,12 +154,9 @@ def budget_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_budget(res: dict, out: Path, anchor_k: int, anchor_ipc: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_budget(res: dict, out: Path) -> None:
+    plt = pyplot()
+    anchor_k, anchor_ipc = res["anchor_top_k"], res["anchor_images_per_class"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (key, fixed, name) in zip(axes, [("images_per_class", ("top_k", anchor_k), "images per class"),
                                              ("top_k", ("images_per_class", anchor_ipc), "top-K")]):
@@ -196,7 +198,7 @@ def main(argv=None) -> None:
         res = json.loads(f.read_text())
         print(budget_table(res), "\n")
         png = f.with_suffix(".png")
-        plot_budget(res, png, res.get("anchor_top_k", 5), res.get("anchor_images_per_class", 10))
+        plot_budget(res, png)
         print(f"wrote {png}")
 
 

@@ -101,6 +101,7 @@ def discovery_memory(name: str, kwargs: dict, recipe, images: list[int], steps: 
     from prune.memory import peak_memory
     from prune.models import load_model
     from prune.paths import locate_paths
+    from prune.paths.locate import images_per_chunk
 
     model, data_cfg, _ = load_model(name, pretrained=False, **kwargs)
     gen = torch.Generator().manual_seed(0)
@@ -117,7 +118,8 @@ def discovery_memory(name: str, kwargs: dict, recipe, images: list[int], steps: 
     mb = torch.tensor([p["peak_rss_mb"] for p in points], dtype=torch.float64)
     slope = float(((rows - rows.mean()) * (mb - mb.mean())).sum() / ((rows - rows.mean()) ** 2).sum())
     intercept = float(mb.mean() - slope * rows.mean())
-    chunk = recipe.paths.batch_size or 4 * recipe.paths.steps
+    p = recipe.paths
+    chunk = images_per_chunk(p.batch_size, p.steps, p.method) * p.steps  # rows per chunk, as discovery runs it
     return {"points": points, "steps": steps, "fit_mb_per_row": slope, "fit_intercept_mb": intercept,
             "recipe_rows": chunk, "recipe_peak_rss_mb": intercept + slope * chunk,
             "note": "host peak RSS of the whole process (libraries, model, activations), float32, CPU"}
