@@ -39,6 +39,25 @@ class ImportanceContext:
     act_stats: dict | None = None  # from `activation_stats`: mean, abs_mean, var, each [L, D]
     example_inputs: torch.Tensor | None = None
     seed: int = 0
+    path_images: Callable[[], object] | None = None  # class-balanced (images, labels, ...) batches of the paths
+    steps: int = 20  # integrated-gradient steps m
+    objective: str = "logprob"  # what attributions explain: log p(label) or p(label)
+    rows: int | None = None  # rows (images x steps) per forward, bounds memory
+    progress: bool = False
+    _graph: object = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def graph(self) -> tp.DependencyGraph:
+        """Torch-Pruning's dependency graph of the model (built once)."""
+        from .pruning import unwrapped
+
+        if self._graph is None:
+            self._graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs,
+                                                                unwrapped_parameters=unwrapped(self.model))
+        return self._graph
 
     @property
     def fc1s(self) -> list[nn.Linear]:
@@ -46,12 +65,27 @@ class ImportanceContext:
 
 
 class Criterion:
+    """A scoring rule for every FFN neuron. `scores(ctx)` gives the whole `[L, D]` table at once;
+    criteria with `progressive = True` also score one block at a time (`score_block(ctx, l)`, `[D]`)
+    on a model whose earlier blocks are pruned (masked), which `prune.mode: progressive` needs."""
+
     name: str = ""
-    needs_paths: bool = False
+    needs_paths: bool = False  # reads the paths stage (per-class path statistics)
+    uses_path_images: bool = False  # scores the paths' class-balanced images itself (paths.* settings)
+    progressive: bool = False
     formula: str = ""
 
-    @staticmethod
-    def scores(ctx: ImportanceContext) -> torch.Tensor:  # [L, D]
+    @classmethod
+    def scores(cls, ctx: ImportanceContext) -> torch.Tensor:  # [L, D]
+        if cls.progressive:
+            from tqdm.auto import tqdm
+
+            blocks = tqdm(range(len(ctx.fc1s)), desc=cls.name, unit="block", disable=not ctx.progress)
+            return torch.stack([cls.score_block(ctx, l) for l in blocks])
+        raise NotImplementedError
+
+    @classmethod
+    def score_block(cls, ctx: ImportanceContext, block: int) -> torch.Tensor:  # [D]
         raise NotImplementedError
 
 
@@ -140,14 +174,13 @@ class PathCoverage(Criterion):
 
 
 # ---------------------------------------------------------------------------------- classic criteria
-def _tp_table(ctx: ImportanceContext, importance: tp.importance.Importance) -> torch.Tensor:
-    """Evaluate a Torch-Pruning importance on each block's whole FFN group -> `[L, D]`."""
-    from .pruning import unwrapped
-
-    dg = tp.DependencyGraph().build_dependency(ctx.model, example_inputs=ctx.example_inputs,
-                                               unwrapped_parameters=unwrapped(ctx.model))
+def _tp_table(ctx: ImportanceContext, importance: tp.importance.Importance,
+              blocks: list[int] | None = None) -> torch.Tensor:
+    """Evaluate a Torch-Pruning importance on each block's whole FFN group -> `[len(blocks), D]`."""
+    dg = ctx.graph()
     rows = []
-    for fc1 in ctx.fc1s:
+    for l in range(len(ctx.fc1s)) if blocks is None else blocks:
+        fc1 = ctx.fc1s[l]
         group = dg.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=list(range(fc1.out_features)))
         rows.append(importance(group).detach().cpu().double())
     return torch.stack(rows)
@@ -176,20 +209,78 @@ class MagnitudeL2(_Magnitude):
 @register
 class Taylor(Criterion):
     name = "taylor"
+    progressive = True
     formula = ("Torch-Pruning GroupTaylorImportance: |weight x dLoss/dweight| of fc1 row + fc2 column, "
                "gradients of the cross-entropy summed over the calibration batches")
 
+    @classmethod
+    def scores(cls, ctx):
+        return cls._table(ctx, None)
+
+    @classmethod
+    def score_block(cls, ctx, block):
+        return cls._table(ctx, [block])[0]
+
     @staticmethod
-    def scores(ctx):
+    def _table(ctx, blocks):
+        """Gradients of the summed cross-entropy for the given blocks' FFN weights only (backward stops
+        there), then Torch-Pruning's Taylor importance of those blocks."""
         model = ctx.model
+        graph = ctx.graph()  # built before any gradient, on the model as it is
+        wanted = [p for l in (range(len(ctx.fc1s)) if blocks is None else blocks)
+                  for p in model.blocks[l].mlp.parameters()]
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in wanted:
+            p.requires_grad_(True)
         model.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            for batch in ctx.calibration():
-                x, y = batch[0], batch[1]
-                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
-        table = _tp_table(ctx, tp.importance.GroupTaylorImportance())
-        model.zero_grad(set_to_none=True)
-        return table
+        try:
+            with torch.enable_grad():
+                for batch in ctx.calibration():
+                    x, y = batch[0], batch[1]
+                    nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+            ctx._graph = graph
+            return _tp_table(ctx, tp.importance.GroupTaylorImportance(), blocks)
+        finally:
+            model.zero_grad(set_to_none=True)
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+
+
+@register
+class PathAttribution(Criterion):
+    name = "path_attribution"
+    uses_path_images = True
+    progressive = True
+    formula = ("integrated gradients of scaling all of block l's FFN channels (every token) from 0 to their value "
+               "(m steps) of the objective (default log p(label)) on the paths' class-balanced images; |score| averaged "
+               "within each class, classes summed. In nats of the objective, so blocks compare (prune.scope: global); "
+               "prune.mode: progressive scores each block with the earlier blocks already pruned (the paper's "
+               "layer-progressive locating)")
+
+    @classmethod
+    def score_block(cls, ctx, block):
+        from .progressive import attribution_rows
+
+        return attribution_rows(ctx.model, ctx.path_images, ctx.num_classes, steps=ctx.steps,
+                                objective=ctx.objective, rows=ctx.rows)(block)
+
+
+@register
+class ActivationTaylor(Criterion):
+    name = "activation_taylor"
+    progressive = True
+    formula = ("|sum over tokens of a_l[d] x d objective / d a_l[d]| per calibration image (first-order Taylor of the "
+               "objective in the neuron's activation: the alpha = 1 end of path_attribution's integral), averaged "
+               "within each class, classes summed")
+
+    @classmethod
+    def score_block(cls, ctx, block):
+        from .progressive import attribution_rows
+
+        return attribution_rows(ctx.model, ctx.calibration, ctx.num_classes, steps=None, objective=ctx.objective,
+                                rows=ctx.rows)(block)
 
 
 def block_ranks(table: torch.Tensor) -> torch.Tensor:

@@ -8,19 +8,19 @@ import random
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .data import ImageDataset, collate, find_columns, load_split, make_transform
+from .data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from .errors import DataError
 from .finetune import evaluate
-from .importance import ImportanceContext, activation_stats, get_criterion
-from .io import atomic_path, write_json
+from .importance import get_criterion
+from .io import write_json
 from .models import load_model
-from .paths import PathStats
 from .paths.discover import DiscoverySettings, discover
 from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
 from .recipe import Recipe
 from .run import RunDir, fingerprint, stage_key
+from .stages import importance as importance_stage
 
 STAGES = ("paths", "importance", "prune", "baseline", "evaluate", "finetune", "export", "bench", "report")
 
@@ -57,6 +57,18 @@ class Pipeline:
         return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
                                            collate_fn=collate)
 
+    def path_loader(self, data_cfg, num_classes: int):
+        """The class-balanced images of the paths (`paths.images_per_class` of every class of the train split,
+        drawn with `paths.seed`): the same images discovery uses, for criteria that score them themselves."""
+        d, p = self.r.data, self.r.paths
+        ds = load_split(d.source, d.train_split)
+        img, lab = find_columns(ds, d.image_column, d.label_column)
+        rows = sample_per_class(labels_of(ds, lab), p.images_per_class, num_classes, p.seed, split=d.train_split,
+                                allow_empty=d.skip_bad)
+        dataset = ImageDataset(ds, make_transform(data_cfg), img, lab, d.train_split, rows, num_classes, d.skip_bad)
+        return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
+                                           collate_fn=collate)
+
     def batches(self, loader, key: str):
         """Non-empty `(x, y)` batches on the device; bad rows are counted under `key`."""
         dev = device()
@@ -81,8 +93,12 @@ class Pipeline:
             rd.run("paths", {**model_in, "split": r.data.train_split, "paths": r.paths.model_dump()},
                    self.build_paths, force="paths" in force)
             reads = ["paths"]
-        rd.run("importance", {**model_in, "split": r.data.train_split, "importance": r.importance.model_dump(),
-                              "reads": reads}, self.build_importance, force="importance" in force)
+        imp_in = {**model_in, "split": r.data.train_split, "importance": r.importance.model_dump(), "reads": reads}
+        if self.criterion.uses_path_images:
+            imp_in["paths"] = r.paths.model_dump(include={"images_per_class", "steps", "seed", "batch_size"})
+        if r.prune.mode == "progressive":  # the kept widths are decided while scoring
+            imp_in["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode"})
+        rd.run("importance", imp_in, lambda out: importance_stage.build(self, out), force="importance" in force)
         rd.run("prune", {**model_in, "prune": r.prune.model_dump(), "reads": ["importance"]},
                self.build_prune, force="prune" in force)
         rd.run("baseline", eval_in, self.build_baseline, force="baseline" in force)
@@ -118,25 +134,6 @@ class Pipeline:
                            skip_bad=r.data.skip_bad, progress=self.progress)
         return {"images": summary["images"], "mean_jas": summary["mean_jas"], "skipped_rows": summary["skipped_rows"]}
 
-    def build_importance(self, out: Path) -> dict:
-        r = self.r
-        model, data_cfg, _ = self.model()
-        model.to(device())
-        loader = self.loader(r.data.train_split, data_cfg, model.num_classes, r.importance.calibration_images,
-                             r.importance.seed)
-        act = activation_stats(model, self.batches(loader, "calibration"))
-        stats = PathStats.load(self.run_dir.path("paths") / "stats.safetensors") if self.criterion.needs_paths else None
-        ctx = ImportanceContext(model, stats, lambda: self.batches(loader, "taylor"), act,
-                                torch.randn(1, *data_cfg.input_size, device=device()), r.importance.seed)
-        table = self.criterion.scores(ctx).double().cpu().clone()  # may alias an activation statistic
-        with atomic_path(out / "importance.safetensors") as tmp:
-            save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
-                       "act_var": act["var"]}, str(tmp))
-        info = {"kind": self.criterion.name, "formula": self.criterion.formula,
-                "calibration_tokens": int(act["tokens"]), "skipped_rows": sorted(set(self.skipped.get("calibration", [])))}
-        write_json(out / "importance.json", info)
-        return info
-
     def build_prune(self, out: Path) -> dict:
         p = self.r.prune
         model, data_cfg, spec = self.model()
@@ -146,7 +143,8 @@ class Pipeline:
         dense_widths = [b.mlp.fc1.out_features for b in model.blocks]
         settings = PruneSettings(ratio=p.ratio, scope=p.scope, max_layer_ratio=p.max_layer_ratio,
                                  round_to=p.round_to, compensate=p.compensate)
-        kept = prune_ffn(model, imp["scores"], settings, example, act_mean=imp["act_mean"])
+        keep = imp["keep"].tolist() if "keep" in imp else None  # progressive scoring fixed the widths
+        kept = prune_ffn(model, imp["scores"], settings, example, act_mean=imp["act_mean"], keep=keep)
         params1, macs1 = count_params_macs(model, example)
         save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict())
         info = {"params_dense": params0, "params_pruned": params1, "macs_dense": macs0, "macs_pruned": macs1,

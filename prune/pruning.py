@@ -78,11 +78,19 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings)
     return kept
 
 
+def kept_indices(scores: torch.Tensor, keep: int) -> list[int]:
+    """The `keep` highest-scoring entries of one block's scores, ascending; ties go to the higher index
+    (stable ascending sort, the last `keep` survive). Progressive scoring masks with the same rule."""
+    order = scores.double().argsort(stable=True)
+    return sorted(order[len(order) - keep:].tolist())
+
+
 def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, example_inputs: torch.Tensor,
-              act_mean: torch.Tensor | None = None) -> list[list[int]]:
+              act_mean: torch.Tensor | None = None, keep: list[int] | None = None) -> list[list[int]]:
     """Remove the lowest-scoring FFN neurons of `model` in place; return the kept indices per block.
 
-    table: `[L, D]` scores (higher = keep), served through `TableImportance`. act_mean: `[L, D]`
+    table: `[L, D]` scores (higher = keep), served through `TableImportance`. keep: neurons each
+    block keeps (default: `kept_counts` of the table; progressive scoring fixes them itself). act_mean: `[L, D]`
     mean activation over calibration tokens, needed for `compensate="mean"`:
     fc2.bias += fc2.weight[:, removed] @ act_mean[removed], exact for a neuron whose activation is
     constant.
@@ -100,12 +108,11 @@ def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, ex
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                   unwrapped_parameters=unwrapped(model))
     kept_idx = []
-    for l, (fc1, keep) in enumerate(zip(fc1s, kept_counts(table, widths, settings))):
+    for l, (fc1, k) in enumerate(zip(fc1s, keep or kept_counts(table, widths, settings))):
         everything = list(range(widths[l]))
         scores = importance(graph.get_pruning_group(fc1, tp.prune_linear_out_channels, idxs=everything))
-        order = scores.double().argsort(stable=True)
-        removed = sorted(order[:widths[l] - keep].tolist())
-        kept_idx.append(sorted(order[widths[l] - keep:].tolist()))
+        kept_idx.append(kept_indices(scores, k))
+        removed = sorted(set(everything) - set(kept_idx[-1]))
         if not removed:
             continue
         if settings.compensate == "mean":

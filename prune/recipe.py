@@ -49,6 +49,7 @@ class PathsCfg(_Section):
 class ImportanceCfg(_Section):
     kind: str = "path_frequency"
     calibration_images: int = Field(256, ge=1)  # for activation statistics, taylor, compensation
+    objective: Literal["logprob", "prob"] = "logprob"  # what path_attribution / activation_taylor explain
     seed: int = 0
 
     @field_validator("kind")
@@ -67,6 +68,7 @@ class PruneCfg(_Section):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)  # global: cap per block
     round_to: int | None = Field(None, ge=1)
     compensate: Literal["none", "mean"] = "none"
+    mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
 
 
 class DistillCfg(_Section):
@@ -134,6 +136,13 @@ class Recipe(_Section):
         if self.prune.scope == "global" and self.prune.max_layer_ratio < self.prune.ratio:
             raise ValueError(f"prune.max_layer_ratio {self.prune.max_layer_ratio} < prune.ratio {self.prune.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
+        if self.prune.mode == "progressive":
+            from .importance import CRITERIA
+
+            if not CRITERIA[self.importance.kind].progressive:
+                able = ", ".join(k for k, c in CRITERIA.items() if c.progressive)
+                raise ValueError(f"prune.mode progressive needs a criterion that scores one block at a time on a "
+                                 f"partly pruned model ({able}), not {self.importance.kind!r}")
         if self.bench.enabled and self.bench.onnxruntime and not self.export.enabled:
             raise ValueError("bench.onnxruntime needs export.enabled: true (or set bench.onnxruntime: false)")
         return self

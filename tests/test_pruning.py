@@ -19,7 +19,8 @@ def ctx_for(model):
     res = locate_paths(model, X, Y, steps=2, top_k=3, progress=False)
     stats = PathStats.empty(5, 4, 64, res.settings).update(res)
     batches = lambda: [(X[:3], Y[:3]), (X[3:], Y[3:])]  # noqa: E731
-    return ImportanceContext(model, stats, batches, activation_stats(model, batches()), X[:1])
+    return ImportanceContext(model, stats, batches, activation_stats(model, batches()), X[:1], path_images=batches,
+                             steps=2)
 
 
 @pytest.mark.parametrize("kind", sorted(CRITERIA))
