@@ -36,6 +36,11 @@ class Pipeline:
         self.log = log
         self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)
         self.criterion = get_criterion(recipe.importance.kind)
+        self.budget_criterion = get_criterion(recipe.prune.budget_kind or recipe.importance.kind)
+        self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
+        # the importance stage decides the widths when scoring depends on them, or another criterion sets them
+        self.importance_fixes_widths = (recipe.prune.mode == "progressive"
+                                        or self.budget_criterion is not self.criterion)
         self.skipped: dict[str, list[int]] = {}
 
     # -------------------------------------------------------------------------------- helpers
@@ -89,15 +94,16 @@ class Pipeline:
                     "data_files": fingerprint(r.data.source)}
         eval_in = {**model_in, "eval": r.data.model_dump(include={"eval_split", "eval_images"})}
         reads = []
-        if self.criterion.needs_paths:
+        if self.needs_paths:
             rd.run("paths", {**model_in, "split": r.data.train_split, "paths": r.paths.model_dump()},
                    self.build_paths, force="paths" in force)
             reads = ["paths"]
         imp_in = {**model_in, "split": r.data.train_split, "importance": r.importance.model_dump(), "reads": reads}
-        if self.criterion.uses_path_images:
+        if self.criterion.uses_path_images or self.budget_criterion.uses_path_images:
             imp_in["paths"] = r.paths.model_dump(include={"images_per_class", "steps", "seed", "batch_size"})
-        if r.prune.mode == "progressive":  # the kept widths are decided while scoring
-            imp_in["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode"})
+        if self.importance_fixes_widths:
+            imp_in["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
+                                                          "budget_kind"})
         rd.run("importance", imp_in, lambda out: importance_stage.build(self, out), force="importance" in force)
         rd.run("prune", {**model_in, "prune": r.prune.model_dump(), "reads": ["importance"]},
                self.build_prune, force="prune" in force)
@@ -143,7 +149,7 @@ class Pipeline:
         dense_widths = [b.mlp.fc1.out_features for b in model.blocks]
         settings = PruneSettings(ratio=p.ratio, scope=p.scope, max_layer_ratio=p.max_layer_ratio,
                                  round_to=p.round_to, compensate=p.compensate)
-        keep = imp["keep"].tolist() if "keep" in imp else None  # progressive scoring fixed the widths
+        keep = imp["keep"].tolist() if "keep" in imp else None  # the importance stage fixed the widths
         kept = prune_ffn(model, imp["scores"], settings, example, act_mean=imp["act_mean"], keep=keep)
         params1, macs1 = count_params_macs(model, example)
         save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict())
@@ -271,7 +277,7 @@ class Pipeline:
     def build_report(self, out: Path, metrics: dict) -> dict:
         from .report import write_report
 
-        stats = self.run_dir.path("paths") / "stats.safetensors" if self.criterion.needs_paths else None
+        stats = self.run_dir.path("paths") / "stats.safetensors" if self.needs_paths else None
         m = write_report(metrics, out, stats, self.r.report.heatmap_classes)
         self.log(f"[report] {len(m['plots'])} plots and report.md written")
         return {"plots": m["plots"]}
@@ -292,7 +298,7 @@ class Pipeline:
             "skipped_rows": {"eval": sorted(set(metrics["dense"].pop("skipped_rows", []) + metrics["pruned"].pop("skipped_rows", []))),
                              "calibration": read("importance", "importance.json").get("skipped_rows", [])},
         }
-        if self.criterion.needs_paths:
+        if self.needs_paths:
             summary["paths"] = read("paths", "summary.json")
             summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
         if self.r.finetune.epochs > 0:

@@ -69,6 +69,16 @@ class PruneCfg(_Section):
     round_to: int | None = Field(None, ge=1)
     compensate: Literal["none", "mean"] = "none"
     mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
+    budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
+
+    @field_validator("budget_kind")
+    @classmethod
+    def _known_budget(cls, v):
+        from .importance import CRITERIA
+
+        if v is not None and v not in CRITERIA:
+            raise ValueError(f"unknown kind {v!r}; choose one of {', '.join(CRITERIA)}")
+        return v
 
 
 class DistillCfg(_Section):
@@ -136,6 +146,9 @@ class Recipe(_Section):
         if self.prune.scope == "global" and self.prune.max_layer_ratio < self.prune.ratio:
             raise ValueError(f"prune.max_layer_ratio {self.prune.max_layer_ratio} < prune.ratio {self.prune.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
+        if self.prune.budget_kind is not None and self.prune.scope != "global":
+            raise ValueError("prune.budget_kind ranks a criterion across blocks to set their widths: it needs "
+                             "prune.scope: global")
         if self.prune.mode == "progressive":
             from .importance import CRITERIA
 

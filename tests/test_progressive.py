@@ -166,3 +166,22 @@ def test_progressive_rivals_run_through_the_pipeline(tmp_path, kind):
     assert run(tmp_path, kind, f"importance.kind={kind}") == 0
     info = json.loads((tmp_path / kind / "importance/importance.json").read_text())
     assert info["mode"] == "progressive" and info["keep"] == [128] * 6
+
+
+def test_budget_kind_sets_widths_and_importance_kind_picks_neurons(tmp_path):
+    assert run(tmp_path, "d", "prune.mode=oneshot", "importance.kind=taylor", "prune.scope=global",
+               "prune.budget_kind=path_attribution") == 0
+    info = json.loads((tmp_path / "d/importance/importance.json").read_text())
+    assert info["budget_kind"] == "path_attribution" and len(set(info["keep"])) > 1
+    # the same widths as path_attribution's own global allocation, the neurons Taylor's best in each block
+    assert run(tmp_path, "e", "prune.mode=oneshot", "prune.scope=global") == 0
+    assert json.loads((tmp_path / "e/prune/prune.json").read_text())["widths"] == info["keep"]
+    scores = load_file(tmp_path / "d/importance/importance.safetensors")["scores"]
+    kept = json.loads((tmp_path / "d/prune/structure.json").read_text())["kept"]
+    for row, k in zip(scores, kept):
+        assert set(k) == set(row.topk(len(k)).indices.tolist())
+
+
+def test_budget_kind_needs_global_scope(tmp_path, capsys):
+    assert run(tmp_path, "f", "prune.mode=oneshot", "prune.budget_kind=taylor") == 2
+    assert "prune.budget_kind" in capsys.readouterr().err and not (tmp_path / "f").exists()

@@ -2,10 +2,12 @@
 
 One-shot (`prune.mode: oneshot`): the criterion scores every block of the dense model. Progressive:
 block l is scored on the model whose blocks < l already lost their lowest-scoring neurons
-(`prune.progressive`); the kept widths are fixed first (uniform, or with `prune.scope: global`
-from the same criterion's one-shot table), saved as `keep` beside the scores, and the prune stage
-removes exactly the neurons the progressive masks removed. Each block's row is checkpointed as
-it is scored, so an interrupted progressive run resumes with the same masks.
+(`prune.progressive`). In progressive mode, and when `prune.budget_kind` names another criterion,
+this stage fixes the kept widths first (uniform, or with `prune.scope: global` from the budget
+criterion's one-shot table ranked across blocks) and saves them as `keep` beside the scores; the
+prune stage then removes, in each block, exactly the lowest-scoring neurons beyond its width.
+Progressive rows are checkpointed as they are scored, so an interrupted run resumes with the same
+masks.
 """
 
 from __future__ import annotations
@@ -25,58 +27,66 @@ from ..pruning import PruneSettings, kept_counts
 
 
 def build(p, out: Path) -> dict:
-    """Write `importance.safetensors` (scores, activation mean/abs-mean/variance, progressive: keep) and `importance.json`."""
+    """Write `importance.safetensors` (scores, activation mean/abs-mean/variance, and `keep` when this
+    stage fixes the widths) and `importance.json`."""
     from ..pipeline import device
 
-    r, crit = p.r, p.criterion
+    r, crit, budget = p.r, p.criterion, p.budget_criterion
     model, data_cfg, _ = p.model()
     model.to(device())
     num_classes = model.num_classes
     loader = p.loader(r.data.train_split, data_cfg, num_classes, r.importance.calibration_images, r.importance.seed)
     act = activation_stats(model, p.batches(loader, "calibration"))
-    stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors") if crit.needs_paths else None
-    path_loader = p.path_loader(data_cfg, num_classes) if crit.uses_path_images else None
+    stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors") if p.needs_paths else None
+    path_loader = p.path_loader(data_cfg, num_classes) if crit.uses_path_images or budget.uses_path_images else None
     ctx = ImportanceContext(
         model, stats, lambda: p.batches(loader, "taylor"), act, torch.randn(1, *data_cfg.input_size, device=device()),
         r.importance.seed, path_images=(lambda: p.batches(path_loader, "paths")) if path_loader else None,
         steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size, progress=p.progress)
     start = time.perf_counter()
-    tensors = {}
+    ckpt = p.run_dir.root / ".checkpoints" / f"importance-{p.run_dir.keys['importance']}"
+    keep = _widths(p, ctx, ckpt) if p.importance_fixes_widths else None
     if r.prune.mode == "progressive":
-        table, keep = _progressive(p, ctx)
-        tensors["keep"] = torch.tensor(keep)
+        table = _progressive(p, ctx, keep, ckpt)
     else:
         table = crit.scores(ctx)
+    shutil.rmtree(ckpt, ignore_errors=True)
     seconds = time.perf_counter() - start
     table = table.double().cpu().clone()  # may alias an activation statistic
+    extra = {} if keep is None else {"keep": torch.tensor(keep)}
     with atomic_path(out / "importance.safetensors") as tmp:
         save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
-                   "act_var": act["var"], **tensors}, str(tmp))
+                   "act_var": act["var"], **extra}, str(tmp))
     info = {"kind": crit.name, "formula": crit.formula, "mode": r.prune.mode, "scoring_seconds": seconds,
             "calibration_tokens": int(act["tokens"]),
             "path_images": len(path_loader.dataset) if path_loader is not None else None,
             "skipped_rows": sorted(set(p.skipped.get("calibration", [])))}
-    if "keep" in tensors:
-        info["keep"] = tensors["keep"].tolist()
+    if keep is not None:
+        info.update(keep=keep, budget_kind=budget.name)
     write_json(out / "importance.json", info)
     return info
 
 
-def _progressive(p, ctx: ImportanceContext) -> tuple[torch.Tensor, list[int]]:
+def _widths(p, ctx: ImportanceContext, ckpt: Path) -> list[int]:
+    """Neurons each block keeps: uniform, or (scope global) the budget criterion's one-shot table ranked
+    across blocks. The table is checkpointed, so a resumed progressive run does not score it again."""
     pr = p.r.prune
     settings = PruneSettings(ratio=pr.ratio, scope=pr.scope, max_layer_ratio=pr.max_layer_ratio, round_to=pr.round_to)
     widths = [f.out_features for f in ctx.fc1s]
-    ckpt = p.run_dir.root / ".checkpoints" / f"importance-{p.run_dir.keys['importance']}"
-    budget_table = torch.zeros(len(widths), max(widths))
-    if pr.scope == "global":  # the widths come from the same criterion scored in one shot
+    table = torch.zeros(len(widths), max(widths))
+    if pr.scope == "global":
         if (ckpt / "budget.safetensors").is_file():
-            budget_table = load_file(ckpt / "budget.safetensors")["scores"]
+            table = load_file(ckpt / "budget.safetensors")["scores"]
         else:
-            budget_table = p.criterion.scores(ctx).double().cpu()
+            table = p.budget_criterion.scores(ctx).double().cpu()
             ckpt.mkdir(parents=True, exist_ok=True)
             with atomic_path(ckpt / "budget.safetensors") as tmp:
-                save_file({"scores": budget_table.contiguous()}, str(tmp))
-    keep = kept_counts(budget_table, widths, settings)
+                save_file({"scores": table.contiguous()}, str(tmp))
+    return kept_counts(table, widths, settings)
+
+
+def _progressive(p, ctx: ImportanceContext, keep: list[int], ckpt: Path) -> torch.Tensor:
+    """Block by block on the masked model; every finished row is checkpointed."""
     done = {}
     if (ckpt / "rows.safetensors").is_file():
         done = {int(k): v for k, v in load_file(ckpt / "rows.safetensors").items()}
@@ -88,7 +98,5 @@ def _progressive(p, ctx: ImportanceContext) -> tuple[torch.Tensor, list[int]]:
         with atomic_path(ckpt / "rows.safetensors") as tmp:
             save_file({str(k): v.contiguous() for k, v in done.items()}, str(tmp))
 
-    table = progressive_table(ctx.model, lambda t: p.criterion.score_block(ctx, t), keep, done=done,
-                              on_block=checkpoint, progress=p.progress)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return table, keep
+    return progressive_table(ctx.model, lambda t: p.criterion.score_block(ctx, t), keep, done=done,
+                             on_block=checkpoint, progress=p.progress)
