@@ -16,6 +16,10 @@ prune: find the neuron paths a Vision Transformer relies on, and prune the FFN n
         each stage a sub-directory of the run (unchanged stages are reused, so runs resume)
   prune recipes          list the recipes shipped with the package
   prune paths ...        discover neuron paths over a dataset on their own
+  prune specialize RUN --classes cat,dog
+                         a model for some classes only, from a finished run (its paths are reused)
+  prune export TARGET    the ONNX file of a run's (or a pruned-model directory's) model, parity-checked
+  prune bench TARGET     latency of a run, pruned model, timm model or ONNX file
 """
 
 
@@ -100,6 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _paths_parser(sub)
     sub.add_parser("recipes", help="list the recipes shipped with the package")
+    sp = sub.add_parser(
+        "specialize", help="prune a finished run's model for a subset of its classes (paths reused)",
+        description="Make a model that predicts only some classes: the run's recipe with prune.classes set, in a "
+                    "new run directory that starts from the run's path statistics (no rediscovery), so only "
+                    "scoring, pruning, evaluation and the later stages run. Example:\n\n"
+                    "  prune specialize runs/cifar10 --classes cat,dog --set prune.ratio=0.9",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("run", help="a finished run directory (made by prune --recipe)")
+    sp.add_argument("--classes", required=True,
+                    help="comma-separated class indices or names (the dataset's ClassLabel names), in output order")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a value of the run's recipe, e.g. --set prune.ratio=0.9 (repeatable)")
+    sp.add_argument("--out", default=None, help="run directory for the specialised model (default: RUN-classes-...)")
+    sp.add_argument("--update", action="store_true",
+                    help="accept a changed recipe in an existing --out; unchanged stages are reused")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex = sub.add_parser(
+        "export", help="write the ONNX file of a pruned model or a run's final model, checked with onnxruntime",
+        description="Export for deployment: dynamic batch axis, weights inline below 1 GiB (external data above), "
+                    "then onnxruntime runs the file at batch 1 and 8 and the export fails if its logits differ from "
+                    "PyTorch by more than --atol (the same code as the recipe's export stage). A run directory "
+                    "exports its final model (fine-tuned if it was, else pruned) and checks it on the first 8 "
+                    "images of its evaluation split; a pruned-model directory is checked on seeded random "
+                    "inputs. The file appears only after the check passed. Example:\n\n"
+                    "  prune export runs/quickstart --out quickstart.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("target", help="a run directory (prune --recipe --out) or a pruned-model directory (structure.json)")
+    ex.add_argument("--out", default=None, help="ONNX file to write (default: <target directory name>.onnx here)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 18 (default 18)")
+    ex.add_argument("--atol", type=float, default=1e-4,
+                    help="max |onnxruntime - PyTorch| of the logits, scaled by max |logit| when above 1 (default 1e-4)")
     b = sub.add_parser("bench", help="latency of a model, pruned model, ONNX file or run directory",
                        description="Measure latency and throughput (median and p90 of alternating runs after "
                                    "warm-up). TARGET is a run directory (dense vs its pruned model), a pruned-model "
@@ -224,9 +259,119 @@ def _print_summary(s: dict, out: str) -> None:
             rows.append((f"{eng} b{b} ms", *(f"{lat[struct[c]][b]['median_ms']:.2f}" for c in cols)))
     print(f"\n{s['recipe']}: {s['importance']} importance, {s['prune']['ratio']:.0%} of FFN neurons removed "
           f"({s['prune']['scope']}, compensate={s['prune']['compensate']})")
+    if s.get("classes") is not None:
+        print(f"  specialised to classes {s['classes']} (original ids; accuracy on their test images only)")
     for name, *vals in rows:
         print(f"  {name:20s}" + "".join(f"{v:>14s}" for v in vals))
     print(f"run directory: {out} (summary.json, report/report.md, one directory per stage)")
+
+
+def _run_specialize(args) -> int:
+    import re
+    import shutil
+    from pathlib import Path
+
+    from .pipeline import Pipeline
+    from .recipe import Recipe, load_recipe, validate_environment
+
+    run = Path(args.run)
+    if not (run / "recipe.yaml").is_file():
+        raise _usage(f"{run} is not a prune run directory (no recipe.yaml); give the --out of a finished prune --recipe run")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if not classes:
+        raise _usage("--classes is empty; give class indices or names separated by commas")
+    base = load_recipe(str(run / "recipe.yaml"), args.overrides)
+    data = base.model_dump(mode="json")
+    data["prune"]["classes"] = [int(c) if c.isdigit() else c for c in classes]
+    from pydantic import ValidationError
+
+    from .recipe import _describe
+
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise _usage(_describe(e.errors()[0])) from None
+    validate_environment(recipe)
+    out = Path(args.out or f"{run}-classes-{re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(classes))}")
+    paths = run / "paths"
+    reuse = (paths / "stage.json").is_file() and not (out / "paths").exists()
+    pipeline = Pipeline(recipe, out, update=args.update, progress=not args.quiet)  # checks --out first
+    if reuse:  # the paths stage does not depend on prune.classes: its key matches, so it is reused
+        shutil.copytree(paths, out / ".paths.copy")
+        (out / ".paths.copy").rename(out / "paths")
+    summary = pipeline.run()
+    _print_summary(summary, str(out))
+    return 0
+
+
+def _run_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .export import export_checked
+    from .pruning import load_pruned
+
+    target = Path(args.target)
+    if args.opset < 18:
+        raise _usage(f"--opset must be at least 18 (the torch.export-based exporter), not {args.opset}")
+    if not args.atol > 0:
+        raise _usage(f"--atol must be positive, not {args.atol}")
+    run = (target / "recipe.yaml").is_file()
+    if run:
+        model_dir = next((target / s for s in ("finetune", "prune") if (target / s / "structure.json").is_file()), None)
+        if model_dir is None:
+            raise _usage(f"run directory {target} has no pruned model yet; run its recipe first")
+    elif (target / "structure.json").is_file():
+        model_dir = target
+    else:
+        raise _usage(f"{target} is neither a run directory (recipe.yaml) nor a pruned-model directory "
+                     "(structure.json); give the --out of a prune --recipe run or one of its prune/finetune directories")
+    out = Path(args.out) if args.out else Path(f"{target.resolve().name}.onnx")
+    if out.suffix != ".onnx":
+        raise _usage(f"--out {out}: give a file name ending in .onnx")
+    if out.is_dir():
+        raise _usage(f"--out {out} is a directory; give a file name ending in .onnx")
+    model, structure = load_pruned(model_dir)
+    size = structure["data_config"].get("input_size") or [3, *model.patch_embed.img_size]
+    images = _run_images(target, structure) if run else None
+    if images is None:
+        images = torch.randn(8, *size, generator=torch.Generator().manual_seed(0))
+    classes = structure.get("classes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = export_checked(model, images, out, opset=args.opset, atol=args.atol,
+                          metadata=None if classes is None else {"prune.classes": json.dumps(classes)})
+    worst = max(v["max_abs_diff"] for k, v in meta["parity"].items() if k.startswith("batch_"))
+    print(f"wrote {out} ({meta['bytes']:,} bytes, opset {args.opset}, weights "
+          f"{'inline' if meta['weights_inline'] else 'external'}) from {model_dir}; "
+          f"max |onnxruntime - PyTorch| {worst:.2e} at batch 1 and 8 on {'evaluation images' if run else 'random inputs'}")
+    if classes is not None:
+        print(f"outputs are the original classes {classes} (ONNX metadata prune.classes)")
+    return 0
+
+
+def _run_images(run, structure):
+    """The first 8 images of the run's evaluation split, prepared as the model expects (None if unavailable)."""
+    import torch
+    import yaml
+
+    from .data import ImageDataset, find_columns, load_split, make_transform
+    from .errors import PruneError
+    from .models import DataConfig
+
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+    d = recipe.get("data", {})
+    try:
+        ds = load_split(d["source"], d["eval_split"])
+        img, lab = find_columns(ds, d.get("image_column"), d.get("label_column"))
+        cfg = structure["data_config"]
+        tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                                       cfg["interpolation"], cfg["crop_pct"]))
+        data = ImageDataset(ds, tf, img, lab, d["eval_split"], list(range(min(8, len(ds)))))
+        return torch.stack([data[i][0] for i in range(len(data))])
+    except (PruneError, KeyError, OSError):
+        return None
 
 
 def _list_recipes(args) -> int:
@@ -253,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command is None:
             return _run_recipe(args)
-        return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench}[args.command](args)
+        return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench,
+                "specialize": _run_specialize, "export": _run_export}[args.command](args)
     except PruneError as e:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message

@@ -92,6 +92,7 @@ class ImageDataset(torch.utils.data.Dataset):
     rows: list[int] | None = None
     num_classes: int | None = None
     skip_bad: bool = False  # return a BadRow marker (dropped by `collate`) instead of raising
+    label_map: dict[int, int] | None = None  # original label -> the label the model predicts (class subsets)
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.ds)
@@ -107,6 +108,8 @@ class ImageDataset(torch.utils.data.Dataset):
         y = int(item[self.label_column])
         if self.num_classes is not None and not 0 <= y < self.num_classes:
             return self._bad(row, f"label {y} is outside the model's {self.num_classes} classes")
+        if self.label_map is not None:
+            y = self.label_map[y]
         return x, y, row
 
     def _bad(self, row: int, reason: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,8 +21,10 @@ class ParityError(PruneError):
     """The exported model disagrees with PyTorch beyond the tolerance."""
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = 18) -> dict:
-    """Export with `torch.onnx.export` (the torch.export-based exporter) and a dynamic batch axis."""
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = 18,
+                metadata: dict[str, str] | None = None) -> dict:
+    """Export with `torch.onnx.export` (the torch.export-based exporter) and a dynamic batch axis;
+    `metadata` goes into the model's `metadata_props` (e.g. the original class ids of a specialised model)."""
     model = model.eval()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -35,12 +39,51 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path,
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(target), input_names=["images"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=external)
+        if metadata:
+            _add_metadata(target, metadata)
         if target != path:
             target.replace(path)
     finally:
         if target != path and target.exists():
             target.unlink()
     return {"path": str(path), "opset": opset, "weights_inline": not external, "bytes": path.stat().st_size}
+
+
+def export_checked(model: torch.nn.Module, images: torch.Tensor, path: str | Path, *, opset: int = 18,
+                   atol: float = 1e-4, metadata: dict[str, str] | None = None, batch_sizes=(1, 8)) -> dict:
+    """Export `model` to `path` and check the file with onnxruntime against PyTorch on `images`
+    (`check_parity`). Everything is written in a temporary directory beside `path` and moved into
+    place only after the check passed (the weights file first, when weights are external)."""
+    path = Path(path)
+    tmpdir = path.parent / f".{path.name}.tmp"
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    tmpdir.mkdir(parents=True)
+    try:
+        meta = export_onnx(model, images[:1], tmpdir / path.name, opset=opset, metadata=metadata)
+        meta["parity"] = check_parity(model, tmpdir / path.name, images, batch_sizes, atol)
+        for f in sorted(tmpdir.iterdir(), key=lambda f: f.name == path.name):  # the .onnx last
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    meta["path"] = str(path)
+    return meta
+
+
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)  # external tensors keep their references
+    for key, value in metadata.items():
+        entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None):

@@ -3,6 +3,7 @@ directory of the run that the next stage reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .classes import class_names, resolve_classes, restrict_head
 from .data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from .errors import DataError
 from .finetune import evaluate
@@ -42,35 +44,85 @@ class Pipeline:
         self.importance_fixes_widths = (recipe.prune.mode == "progressive"
                                         or self.budget_criterion is not self.criterion)
         self.skipped: dict[str, list[int]] = {}
+        self._classes: list[int] | None = None
+        self._dense_num_classes: int | None = None
 
     # -------------------------------------------------------------------------------- helpers
     def model(self):
+        """The dense model (restricted to `prune.classes` when set), its data config, and the spec that rebuilds it."""
         m = self.r.model
-        return load_model(m.name, pretrained=m.pretrained, **m.kwargs)
+        model, data_cfg, spec = load_model(m.name, pretrained=m.pretrained, **m.kwargs)
+        self._dense_num_classes = model.num_classes
+        classes = self.classes()
+        if classes is not None:
+            restrict_head(model, classes)
+            spec = dataclasses.replace(spec, model_kwargs={**spec.model_kwargs, "num_classes": len(classes)})
+        return model, data_cfg, spec
 
-    def loader(self, split: str, data_cfg, num_classes: int, rows_wanted: int | None, seed: int, shuffle_rows=True):
-        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None)."""
+    def classes(self) -> list[int] | None:
+        """`prune.classes` as original class ids (None: every class)."""
+        if self.r.prune.classes is None:
+            return None
+        if self._classes is None:
+            ds, _, lab = self.split(self.r.data.train_split)
+            self._classes = resolve_classes(self.r.prune.classes, self.dense_num_classes, class_names(ds, lab))
+        return self._classes
+
+    @property
+    def dense_num_classes(self) -> int:
+        if self._dense_num_classes is None:
+            self.model()
+        return self._dense_num_classes
+
+    def split(self, split: str):
+        """A split of the recipe's dataset with its image and label column names."""
         d = self.r.data
         ds = load_split(d.source, split)
-        img, lab = find_columns(ds, d.image_column, d.label_column)
-        rows = list(range(len(ds)))
+        return (ds, *find_columns(ds, d.image_column, d.label_column))
+
+    def dataset(self, split: str, data_cfg, rows: list[int]) -> ImageDataset:
+        """`rows` of a split as model inputs; with `prune.classes`, labels re-indexed to the kept classes."""
+        d = self.r.data
+        ds, img, lab = self.split(split)
+        classes = self.classes()
+        label_map = None if classes is None else {c: i for i, c in enumerate(classes)}
+        return ImageDataset(ds, make_transform(data_cfg), img, lab, split, rows, self.dense_num_classes, d.skip_bad,
+                            label_map)
+
+    def rows(self, split: str) -> list[int]:
+        """Every row of a split, or with `prune.classes` the rows of those classes."""
+        ds, _, lab = self.split(split)
+        classes = self.classes()
+        if classes is None:
+            return list(range(len(ds)))
+        keep = set(classes)
+        return [i for i, y in enumerate(labels_of(ds, lab)) if y in keep]
+
+    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int):
+        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None)."""
+        d = self.r.data
+        rows = self.rows(split)
         if rows_wanted is not None and rows_wanted < len(rows):
             rows = sorted(random.Random(seed).sample(rows, rows_wanted))
         if not rows:
-            raise DataError(f"split {split!r} of {d.source} is empty")
-        dataset = ImageDataset(ds, make_transform(data_cfg), img, lab, split, rows, num_classes, d.skip_bad)
-        return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
-                                           collate_fn=collate)
+            what = "" if self.classes() is None else f" for prune.classes {self.r.prune.classes}"
+            raise DataError(f"split {split!r} of {d.source} has no images{what}")
+        return self._loader(self.dataset(split, data_cfg, rows))
 
-    def path_loader(self, data_cfg, num_classes: int):
+    def path_loader(self, data_cfg):
         """The class-balanced images of the paths (`paths.images_per_class` of every class of the train split,
-        drawn with `paths.seed`): the same images discovery uses, for criteria that score them themselves."""
+        drawn with `paths.seed`): the same images discovery uses (only the kept classes' with `prune.classes`),
+        for criteria that score them themselves."""
         d, p = self.r.data, self.r.paths
-        ds = load_split(d.source, d.train_split)
-        img, lab = find_columns(ds, d.image_column, d.label_column)
-        rows = sample_per_class(labels_of(ds, lab), p.images_per_class, num_classes, p.seed, split=d.train_split,
-                                allow_empty=d.skip_bad)
-        dataset = ImageDataset(ds, make_transform(data_cfg), img, lab, d.train_split, rows, num_classes, d.skip_bad)
+        ds, _, lab = self.split(d.train_split)
+        rows = sample_per_class(labels_of(ds, lab), p.images_per_class, self.dense_num_classes, p.seed,
+                                split=d.train_split, allow_empty=d.skip_bad)
+        if self.classes() is not None:
+            rows = sorted(set(rows) & set(self.rows(d.train_split)))
+        return self._loader(self.dataset(d.train_split, data_cfg, rows))
+
+    def _loader(self, dataset):
+        d = self.r.data
         return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
                                            collate_fn=collate)
 
@@ -152,7 +204,7 @@ class Pipeline:
         keep = imp["keep"].tolist() if "keep" in imp else None  # the importance stage fixed the widths
         kept = prune_ffn(model, imp["scores"], settings, example, act_mean=imp["act_mean"], keep=keep)
         params1, macs1 = count_params_macs(model, example)
-        save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict())
+        save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), self.classes())
         info = {"params_dense": params0, "params_pruned": params1, "macs_dense": macs0, "macs_pruned": macs1,
                 "dense_widths": dense_widths, "widths": [len(k) for k in kept],
                 "ffn_neurons_removed": 1 - sum(len(k) for k in kept) / sum(dense_widths)}
@@ -161,7 +213,7 @@ class Pipeline:
 
     def accuracy(self, model, data_cfg, name: str) -> dict:
         r = self.r
-        loader = self.loader(r.data.eval_split, data_cfg, model.num_classes, r.data.eval_images, seed=0)
+        loader = self.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0)
         model.to(device())
         acc = evaluate(model, self.batches(loader, "eval"), progress=self.progress)
         acc["skipped_rows"] = sorted(set(self.skipped.pop("eval", [])))
@@ -193,7 +245,7 @@ class Pipeline:
         r, f = self.r, self.r.finetune
         dense, data_cfg, _ = self.model()
         model, structure = load_pruned(self.run_dir.path("prune"))
-        train_loader = self.loader(r.data.train_split, data_cfg, dense.num_classes, f.train_images, f.seed)
+        train_loader = self.loader(r.data.train_split, data_cfg, f.train_images, f.seed)
         cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
                           warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing, grad_clip=f.grad_clip,
                           grad_accum=f.grad_accum, mixed_precision=f.mixed_precision, num_workers=r.data.num_workers,
@@ -208,7 +260,8 @@ class Pipeline:
         from .models import ModelSpec
 
         spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
-        save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"])
+        save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"],
+                    structure.get("classes"))
         saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
         acc = self.accuracy(saved, data_cfg, "finetuned")
         write_json(out / "history.json", history)
@@ -220,8 +273,8 @@ class Pipeline:
         shutil.rmtree(ckpt, ignore_errors=True)
         return info
 
-    def eval_images(self, data_cfg, num_classes: int, n: int = 8) -> torch.Tensor:
-        loader = self.loader(self.r.data.eval_split, data_cfg, num_classes, self.r.data.eval_images, seed=0)
+    def eval_images(self, data_cfg, n: int = 8) -> torch.Tensor:
+        loader = self.loader(self.r.data.eval_split, data_cfg, self.r.data.eval_images, seed=0)
         xs = []
         for x, _ in self.batches(loader, "export"):
             xs.append(x.cpu())
@@ -230,16 +283,18 @@ class Pipeline:
         return torch.cat(xs)[:n]
 
     def build_export(self, out: Path) -> dict:
-        from .export import check_parity, export_onnx
+        from .export import export_checked
 
         e = self.r.export
         dense, data_cfg, _ = self.model()
         final, _ = load_pruned(self.final_model_dir())
-        images = self.eval_images(data_cfg, dense.num_classes)
+        images = self.eval_images(data_cfg)
         info = {}
+        classes = self.classes()
+        metadata = None if classes is None else {"prune.classes": json.dumps(classes)}
         for name, model in (("dense", dense), ("pruned", final)):
-            meta = export_onnx(model.cpu(), images[:1], out / f"{name}.onnx", opset=e.opset)
-            meta["parity"] = check_parity(model.cpu(), out / f"{name}.onnx", images, (1, 8), e.atol)
+            meta = export_checked(model.cpu(), images, out / f"{name}.onnx", opset=e.opset, atol=e.atol,
+                                  metadata=metadata)
             meta["path"] = f"{name}.onnx"
             info[name] = meta
             self.log(f"[export] {name}.onnx: max |ORT - PyTorch| "
@@ -291,6 +346,7 @@ class Pipeline:
         summary = {
             "recipe": self.r.name, "model": self.r.model.name, "data": self.r.data.source,
             "importance": self.r.importance.kind, "prune": self.r.prune.model_dump(),
+            "classes": json.loads((rd.path("prune") / "structure.json").read_text()).get("classes"),
             "params": {"dense": prune["params_dense"], "pruned": prune["params_pruned"]},
             "macs": {"dense": prune["macs_dense"], "pruned": prune["macs_pruned"]},
             "ffn_widths": {"dense": prune["dense_widths"], "pruned": prune["widths"]},

@@ -138,8 +138,9 @@ def count_params_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
 # ------------------------------------------------------------------------------------ save / load
 def save_pruned(model: nn.Module, out_dir: str | Path, spec: ModelSpec, kept: list[list[int]],
-                dense_widths: list[int], data_config: dict | None = None) -> None:
-    """`model.safetensors` + `structure.json` (base architecture, kwargs, kept channels per block)."""
+                dense_widths: list[int], data_config: dict | None = None, classes: list[int] | None = None) -> None:
+    """`model.safetensors` + `structure.json` (base architecture, kwargs, kept channels per block, and for a
+    class-specialised model `classes`: the original class id of each output)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -151,6 +152,8 @@ def save_pruned(model: nn.Module, out_dir: str | Path, spec: ModelSpec, kept: li
         "embed_dim": embed_dim, "dense_widths": list(dense_widths), "widths": widths, "kept": kept,
         "data_config": data_config or {},
     }
+    if classes is not None:
+        structure["classes"] = list(classes)
     if len(set(widths)) == 1 and int(embed_dim * (widths[0] / embed_dim)) == widths[0]:
         structure["timm_mlp_ratio"] = widths[0] / embed_dim  # uniform: plain timm can rebuild it
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -70,6 +70,7 @@ class PruneCfg(_Section):
     compensate: Literal["none", "mean"] = "none"
     mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
     budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
+    classes: list[int | str] | None = None  # specialise: keep only these classes (indices or names)
 
     @field_validator("budget_kind")
     @classmethod
@@ -248,10 +249,29 @@ def validate_environment(recipe: Recipe) -> None:
                               "or a directory with config.json and model.safetensors")
     try:
         model, _, _ = load_model(name, pretrained=False, **recipe.model.kwargs)
+        _check_classes(recipe, model.num_classes)
         vit = ViTAdapter(model)
         vit.check_scope(recipe.paths.scope)
         if recipe.paths.top_k > min(vit.widths()):
             raise ConfigError(f"top_k {recipe.paths.top_k} exceeds the FFN width {min(vit.widths())}")
     except ConfigError as e:
+        if str(e).startswith("prune.classes"):
+            raise ConfigError(f"recipe key {e}") from None
         key = "paths" if "scope" in str(e) or "top_k" in str(e) else "model.name"
         raise ConfigError(f"recipe key {key}: {e}") from None
+
+
+def _check_classes(recipe: Recipe, num_classes: int) -> None:
+    """`prune.classes` against the model's classes (and the dataset's class names when names are given)."""
+    from .classes import class_names, resolve_classes
+
+    spec = recipe.prune.classes
+    if spec is None:
+        return
+    names = None
+    if any(isinstance(c, str) and not c.strip().isdigit() for c in spec):
+        from .data import find_columns, load_split
+
+        ds = load_split(recipe.data.source, recipe.data.train_split)
+        names = class_names(ds, find_columns(ds, recipe.data.image_column, recipe.data.label_column)[1])
+    resolve_classes(spec, num_classes, names)

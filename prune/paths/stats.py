@@ -83,6 +83,12 @@ class PathStats:
                 getattr(out, k).add_(getattr(o, k))
         return out
 
+    def select(self, classes: list[int]) -> "PathStats":
+        """The statistics of `classes` only, re-indexed 0..k-1 in that order (class specialisation)."""
+        idx = torch.as_tensor(classes, dtype=torch.long)
+        return PathStats(*(getattr(self, k)[idx].clone() for k in _TENSORS),
+                         settings={**self.settings, "classes": list(classes)})
+
     def reduce(self) -> "PathStats":
         """Sum across the processes of an `accelerate launch` run (every process gets the total)."""
         from accelerate import PartialState

@@ -34,11 +34,14 @@ def build(p, out: Path) -> dict:
     r, crit, budget = p.r, p.criterion, p.budget_criterion
     model, data_cfg, _ = p.model()
     model.to(device())
-    num_classes = model.num_classes
-    loader = p.loader(r.data.train_split, data_cfg, num_classes, r.importance.calibration_images, r.importance.seed)
+    loader = p.loader(r.data.train_split, data_cfg, r.importance.calibration_images, r.importance.seed)
     act = activation_stats(model, p.batches(loader, "calibration"))
-    stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors") if p.needs_paths else None
-    path_loader = p.path_loader(data_cfg, num_classes) if crit.uses_path_images or budget.uses_path_images else None
+    stats = None
+    if p.needs_paths:  # every class's statistics; with prune.classes only those classes', re-indexed
+        stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors")
+        if p.classes() is not None:
+            stats = stats.select(p.classes())
+    path_loader = p.path_loader(data_cfg) if crit.uses_path_images or budget.uses_path_images else None
     ctx = ImportanceContext(
         model, stats, lambda: p.batches(loader, "taylor"), act, torch.randn(1, *data_cfg.input_size, device=device()),
         r.importance.seed, path_images=(lambda: p.batches(path_loader, "paths")) if path_loader else None,
