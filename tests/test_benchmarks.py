@@ -89,3 +89,34 @@ def test_summarize_aggregates_seeds_and_rejects_conflicting_reruns(tmp_path, cap
     (tmp_path / "criteria_sweep_b.csv").write_text(head + "0.5,taylor,,none,0,0.59,0.9,,0.62,100,0.7,\n")
     with pytest.raises(SystemExit, match="seed 0: top1 0.6"):
         summarize.main(["--results", str(tmp_path)])
+
+
+def test_criteria_sweep_budgets_and_progressive(tmp_path):
+    out = tmp_path / "sweep"
+    load("criteria_sweep").main(["--quick", "--kinds", "taylor,path_frequency", "--compensate", "none",
+                                 "--prune-scopes", "uniform,global", "--modes", "oneshot,progressive",
+                                 "--out", str(out)])
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    # path_frequency cannot score one block on a pruned model: no progressive rows for it
+    assert [(r["kind"], r["prune_scope"], r["mode"]) for r in rows] == [
+        ("taylor", "uniform", "oneshot"), ("taylor", "uniform", "progressive"), ("taylor", "global", "oneshot"),
+        ("taylor", "global", "progressive"), ("path_frequency", "uniform", "oneshot"),
+        ("path_frequency", "global", "oneshot")]
+    assert all(float(r["scoring_seconds"]) >= 0 for r in rows)
+    assert rows[1]["widths"] == " ".join(["128"] * 6) and rows[2]["widths"] != rows[1]["widths"]
+
+
+def test_scoring_cost_quick(tmp_path):
+    out = tmp_path / "cost.json"
+    load("scoring_cost").main(["--quick", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["ratio_to_discovery_tokens"]["discovery_tokens"] == 1.0
+    assert {"path_attribution_progressive", "taylor_progressive", "activation_taylor_oneshot"} <= set(res["seconds"])
+
+
+def test_specialize_sweep_quick(tmp_path):
+    load("specialize_sweep").main(["--quick", "--configs", "path_frequency,magnitude_l1", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "specialize.csv")))
+    assert [r["config"] for r in rows] == ["path_frequency", "magnitude_l1"]
+    assert all(int(r["size"]) == 2 and int(r["macs"]) < int(r["macs_dense"]) for r in rows)
+    assert float(rows[0]["seconds_from_run"]) > 0 and float(rows[0]["seconds_from_scratch"]) > 0
