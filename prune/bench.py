@@ -88,7 +88,10 @@ def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]
             raise ConfigError(f"ONNX file {p} does not exist")
         from .export import ort_session
 
-        shape = ort_session(p).get_inputs()[0].shape[1:]
+        try:
+            shape = ort_session(p).get_inputs()[0].shape[1:]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
+            raise ConfigError(f"{p} is not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
         if not all(isinstance(d, int) for d in shape):
             raise ConfigError(f"{p}: only the batch axis may be dynamic (input shape {shape})")
         return "onnx", p, tuple(shape)

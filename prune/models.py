@@ -72,18 +72,19 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         if not cfg_file.is_file():
             raise ConfigError(f"model directory {local} has no config.json; it needs config.json "
                               "(architecture, model_kwargs) and model.safetensors")
-        cfg = json.loads(cfg_file.read_text())
-        if "architecture" not in cfg:
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (ValueError, UnicodeDecodeError, OSError) as e:
+            raise ConfigError(f"{cfg_file} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "it must hold architecture, model_kwargs and optionally mean/std") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
             raise ConfigError(f"{cfg_file} has no 'architecture' key naming the timm model")
+        if not isinstance(cfg.get("model_kwargs", {}), dict):
+            raise ConfigError(f"{cfg_file}: model_kwargs must be a mapping of timm.create_model arguments")
         kwargs = {**cfg.get("model_kwargs", {}), **overrides}
         model = _create(timm, cfg["architecture"], pretrained=False, **kwargs)
         if weights.is_file():
-            from safetensors.torch import load_file
-
-            missing, unexpected = model.load_state_dict(load_file(weights), strict=False)
-            if missing or unexpected:
-                raise ConfigError(f"{weights} does not match {cfg['architecture']} {kwargs}: "
-                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            _load_weights(model, weights, f"{cfg['architecture']} {kwargs}")
         elif pretrained:
             raise ConfigError(f"model directory {local} has no model.safetensors "
                               "(set pretrained=false to use random weights)")
@@ -107,6 +108,24 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         crop_pct=float(cfg.get("crop_pct", 1.0 if local is not None else timm_cfg.get("crop_pct", 1.0))),
     )
     return model, data_cfg, mspec
+
+
+def _load_weights(model: nn.Module, weights: Path, what: str) -> None:
+    """Load a safetensors file into `model`; a corrupt file or one that does not fit is a ConfigError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that do not fit
+        detail = next((l.strip() for l in str(e).splitlines() if "size mismatch" in l), str(e).splitlines()[0])
+        raise ConfigError(f"{weights} does not fit {what}: {detail}") from None
+    if missing or unexpected:
+        raise ConfigError(f"{weights} does not match {what}: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _create(timm, name: str, **kwargs) -> nn.Module:

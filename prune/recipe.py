@@ -207,16 +207,27 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
 
     path = resolve_recipe_path(name)
     try:
-        base = OmegaConf.create(yaml.safe_load(path.read_text()) or {})
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path} cannot be read: {e}") from None
+    if raw is None:
+        raise ConfigError(f"recipe {path} is empty; start from a shipped recipe (prune recipes) and change what you need")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, paths, importance, prune, ...), "
+                          f"not a {type(raw).__name__}")
+    try:
+        base = OmegaConf.create(raw)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
     for item in overrides or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"--set {item!r}: write it as key.sub=value, e.g. --set prune.ratio=0.3")
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
         data = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, TypeError, ValueError) as e:  # e.g. a section given as a list
         raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, paths, importance, prune)")
@@ -237,6 +248,7 @@ def validate_environment(recipe: Recipe) -> None:
         check_source(recipe.data.source)
     except ConfigError as e:
         raise ConfigError(f"recipe key data.source: {e}") from None
+    _check_data(recipe)
     name = recipe.model.name
     hub = name.startswith(("timm/", "hf-hub:"))
     if resolve_model_dir(name) is None and ("/" in name or name.startswith((".", "~"))) and not hub:
@@ -248,7 +260,9 @@ def validate_environment(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key model.name: unknown model {name!r}; give a timm model name "
                               "or a directory with config.json and model.safetensors")
     try:
-        model, _, _ = load_model(name, pretrained=False, **recipe.model.kwargs)
+        # a local directory is loaded as the run will load it (its weights checked); hub weights are not downloaded here
+        local = resolve_model_dir(name) is not None
+        model, _, _ = load_model(name, pretrained=recipe.model.pretrained and local, **recipe.model.kwargs)
         _check_classes(recipe, model.num_classes)
         vit = ViTAdapter(model)
         vit.check_scope(recipe.paths.scope)
@@ -259,6 +273,26 @@ def validate_environment(recipe: Recipe) -> None:
             raise ConfigError(f"recipe key {e}") from None
         key = "paths" if "scope" in str(e) or "top_k" in str(e) else "model.name"
         raise ConfigError(f"recipe key {key}: {e}") from None
+
+
+def _check_data(recipe: Recipe) -> None:
+    """Every split the recipe reads exists and has the image and label columns."""
+    from .data import find_columns, load_split
+    from .errors import DataError
+
+    d = recipe.data
+    for key, split in (("data.train_split", d.train_split), ("data.eval_split", d.eval_split)):
+        try:
+            ds = load_split(d.source, split)
+        except ConfigError as e:
+            raise ConfigError(f"recipe key {key}: {e}") from None
+        except DataError as e:
+            raise ConfigError(f"recipe key data.source: {e}") from None
+        try:
+            find_columns(ds, d.image_column, d.label_column)
+        except ConfigError as e:
+            col = "data.image_column" if "image column" in str(e) else "data.label_column"
+            raise ConfigError(f"recipe key {col}: {e} (split {split!r})") from None
 
 
 def _check_classes(recipe: Recipe, num_classes: int) -> None:
