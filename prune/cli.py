@@ -241,7 +241,10 @@ def _run_recipe(args) -> int:
     validate_environment(recipe)
     out = args.out or f"runs/{recipe.name}"
     summary = Pipeline(recipe, out, update=args.update, progress=not args.quiet).run(force)
-    _print_summary(summary, out)
+    from . import dist
+
+    if dist.is_main():
+        _print_summary(summary, out)
     return 0
 
 

@@ -131,9 +131,19 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
 
     from .data import collate
 
+    from accelerate import DataLoaderConfiguration
+
+    from .errors import ConfigError
+
     cfg = cfg or TrainConfig()
+    # split_batches: `batch_size` is the global batch, cut into one slice per process, so several processes
+    # take the same optimisation steps on the same images as one process would
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if cfg.batch_size % accelerator.num_processes:
+        raise ConfigError(f"the batch size {cfg.batch_size} (the global batch) must be divisible by the "
+                          f"{accelerator.num_processes} processes")
     set_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed)
     sampler = torch.utils.data.RandomSampler(train_set, generator=order)
@@ -168,12 +178,17 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
         loss_sum, seen = 0.0, 0
         for batch in bar:
             x, y = _xy(batch)
-            if len(y) == 0:
+            if len(y) == 0 and accelerator.num_processes == 1:
                 continue
             with accelerator.accumulate(model):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if use_kd:
+                if len(y) == 0:  # this process's slice held only bad rows: join the gradient sum with zeros
+                    logits = model(torch.zeros(1, 3, *accelerator.unwrap_model(model).patch_embed.img_size,
+                                               device=accelerator.device))
+                    loss = logits.sum() * 0
+                else:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if use_kd and len(y):
                     with torch.no_grad():
                         t_logits = teacher(x)
                     loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(
@@ -187,8 +202,10 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
             loss_sum += loss.item() * len(y)
             seen += len(y)
             rate = bar.format_dict.get("rate") or 0
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}",
+            bar.set_postfix(loss=f"{loss_sum / max(1, seen):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}",
                             img_s=f"{rate * cfg.batch_size:.0f}")
+        loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
+                                                         device=accelerator.device), "sum").tolist()
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "lr": sched.get_last_lr()[0]}
         if eval_loader is not None:
             row.update({f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()})

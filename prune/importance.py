@@ -11,7 +11,7 @@ Adding a criterion is one small class with a `name` and a `scores(ctx)` method, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -44,6 +44,7 @@ class ImportanceContext:
     objective: str = "logprob"  # what attributions explain: log p(label) or p(label)
     rows: int | None = None  # rows (images x steps) per forward, bounds memory
     progress: bool = False
+    reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)  # sum over processes
     _graph: object = None
 
     @property
@@ -240,6 +241,8 @@ class Taylor(Criterion):
                 for batch in ctx.calibration():
                     x, y = batch[0], batch[1]
                     nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+            for p in wanted:  # every process's calibration share
+                p.grad = ctx.reduce(p.grad if p.grad is not None else torch.zeros_like(p))
             ctx._graph = graph
             return _tp_table(ctx, tp.importance.GroupTaylorImportance(), blocks)
         finally:
@@ -264,7 +267,7 @@ class PathAttribution(Criterion):
         from .progressive import attribution_rows
 
         return attribution_rows(ctx.model, ctx.path_images, ctx.num_classes, steps=ctx.steps,
-                                objective=ctx.objective, rows=ctx.rows)(block)
+                                objective=ctx.objective, rows=ctx.rows, reduce=ctx.reduce)(block)
 
 
 @register
@@ -280,7 +283,7 @@ class ActivationTaylor(Criterion):
         from .progressive import attribution_rows
 
         return attribution_rows(ctx.model, ctx.calibration, ctx.num_classes, steps=None, objective=ctx.objective,
-                                rows=ctx.rows)(block)
+                                rows=ctx.rows, reduce=ctx.reduce)(block)
 
 
 def block_ranks(table: torch.Tensor) -> torch.Tensor:
@@ -342,8 +345,10 @@ def get_criterion(name: str) -> type[Criterion]:
 
 
 @torch.no_grad()
-def activation_stats(model: nn.Module, batches) -> dict[str, torch.Tensor]:
-    """Mean, mean |a| and variance of every FFN neuron over all tokens of `batches` (float64 sums)."""
+def activation_stats(model: nn.Module, batches, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Mean, mean |a| and variance of every FFN neuron over all tokens of `batches` (float64 sums;
+    `reduce` adds up the sums of several processes)."""
     acts = [b.mlp.act for b in model.blocks]
     sums = [None] * len(acts)
     count = [0]
@@ -364,8 +369,13 @@ def activation_stats(model: nn.Module, batches) -> dict[str, torch.Tensor]:
     finally:
         for h in handles:
             h.remove()
-    if count[0] == 0:
+    reduce = reduce or (lambda t: t)
+    widths = [b.mlp.fc1.out_features for b in model.blocks]
+    total = torch.stack([sums[i].cpu() if sums[i] is not None else torch.zeros(3, widths[i], dtype=torch.float64)
+                         for i in range(len(acts))])  # a process without images still joins the sum
+    total, n = reduce(total), int(reduce(torch.tensor([count[0]], dtype=torch.float64)).item())
+    if n == 0:
         raise ConfigError("no calibration images: the calibration split is empty")
-    s = torch.stack(sums).cpu() / count[0]  # [L, 3, D]
+    s = total / n  # [L, 3, D]
     mean, abs_mean, sq = (s[:, i].contiguous() for i in range(3))
-    return {"mean": mean, "abs_mean": abs_mean, "var": (sq - mean * mean).clamp_min(0), "tokens": torch.tensor(count[0])}
+    return {"mean": mean, "abs_mean": abs_mean, "var": (sq - mean * mean).clamp_min(0), "tokens": torch.tensor(n)}

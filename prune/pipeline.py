@@ -21,6 +21,7 @@ from .models import load_model
 from .paths.discover import DiscoverySettings, discover
 from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
 from .recipe import Recipe
+from . import dist
 from .run import RunDir, fingerprint, stage_key
 from .stages import importance as importance_stage
 
@@ -28,15 +29,16 @@ STAGES = ("paths", "importance", "prune", "baseline", "evaluate", "finetune", "e
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device (its own GPU under `accelerate launch`)."""
+    return dist.device()
 
 
 class Pipeline:
     def __init__(self, recipe: Recipe, out: str | Path, *, update: bool = False, progress: bool = True, log=print):
         self.r = recipe
-        self.progress = progress
-        self.log = log
-        self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)
+        self.progress = progress and dist.is_main()
+        self.log = log if dist.is_main() else (lambda msg: None)  # one voice under accelerate launch
+        self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=self.log)
         self.criterion = get_criterion(recipe.importance.kind)
         self.budget_criterion = get_criterion(recipe.prune.budget_kind or recipe.importance.kind)
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
@@ -98,8 +100,9 @@ class Pipeline:
         keep = set(classes)
         return [i for i, y in enumerate(labels_of(ds, lab)) if y in keep]
 
-    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int):
-        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None)."""
+    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int, shard: bool = False):
+        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None); with
+        `shard`, only this process's share of them under `accelerate launch`."""
         d = self.r.data
         rows = self.rows(split)
         if rows_wanted is not None and rows_wanted < len(rows):
@@ -107,9 +110,9 @@ class Pipeline:
         if not rows:
             what = "" if self.classes() is None else f" for prune.classes {self.r.prune.classes}"
             raise DataError(f"split {split!r} of {d.source} has no images{what}")
-        return self._loader(self.dataset(split, data_cfg, rows))
+        return self._loader(self.dataset(split, data_cfg, dist.shard(rows) if shard else rows))
 
-    def path_loader(self, data_cfg):
+    def path_loader(self, data_cfg, shard: bool = False):
         """The class-balanced images of the paths (`paths.images_per_class` of every class of the train split,
         drawn with `paths.seed`): the same images discovery uses (only the kept classes' with `prune.classes`),
         for criteria that score them themselves."""
@@ -119,7 +122,7 @@ class Pipeline:
                                 split=d.train_split, allow_empty=d.skip_bad)
         if self.classes() is not None:
             rows = sorted(set(rows) & set(self.rows(d.train_split)))
-        return self._loader(self.dataset(d.train_split, data_cfg, rows))
+        return self._loader(self.dataset(d.train_split, data_cfg, dist.shard(rows) if shard else rows))
 
     def _loader(self, dataset):
         d = self.r.data
@@ -148,7 +151,7 @@ class Pipeline:
         reads = []
         if self.needs_paths:
             rd.run("paths", {**model_in, "split": r.data.train_split, "paths": r.paths.model_dump()},
-                   self.build_paths, force="paths" in force)
+                   self.build_paths, force="paths" in force, distributed=True)
             reads = ["paths"]
         imp_in = {**model_in, "split": r.data.train_split, "importance": r.importance.model_dump(), "reads": reads}
         if self.criterion.uses_path_images or self.budget_criterion.uses_path_images:
@@ -156,15 +159,17 @@ class Pipeline:
         if self.importance_fixes_widths:
             imp_in["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
                                                           "budget_kind"})
-        rd.run("importance", imp_in, lambda out: importance_stage.build(self, out), force="importance" in force)
+        rd.run("importance", imp_in, lambda out: importance_stage.build(self, out), force="importance" in force,
+               distributed=True)
         rd.run("prune", {**model_in, "prune": r.prune.model_dump(), "reads": ["importance"]},
                self.build_prune, force="prune" in force)
-        rd.run("baseline", eval_in, self.build_baseline, force="baseline" in force)
-        rd.run("evaluate", {**eval_in, "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force)
+        rd.run("baseline", eval_in, self.build_baseline, force="baseline" in force, distributed=True)
+        rd.run("evaluate", {**eval_in, "reads": ["prune"]}, self.build_evaluate, force="evaluate" in force,
+               distributed=True)
         final = ["prune"]
         if r.finetune.epochs > 0:
             rd.run("finetune", {**eval_in, "split": r.data.train_split, "finetune": r.finetune.model_dump(),
-                                "reads": ["prune"]}, self.build_finetune, force="finetune" in force)
+                                "reads": ["prune"]}, self.build_finetune, force="finetune" in force, distributed=True)
             final = ["finetune"]
         after = list(final)
         if r.export.enabled:
@@ -175,7 +180,8 @@ class Pipeline:
             rd.run("bench", {"bench": r.bench.model_dump(), "reads": after}, self.build_bench, force="bench" in force)
             after.append("bench")
         metrics = self.metrics()
-        write_json(rd.root / "summary.json", metrics)
+        if dist.is_main():
+            write_json(rd.root / "summary.json", metrics)
         rd.run("report", {"report": r.report.model_dump(), "reads": ["evaluate", "baseline", *after],
                           "metrics": stage_key(metrics)}, lambda out: self.build_report(out, metrics),
                force="report" in force)
@@ -212,11 +218,16 @@ class Pipeline:
         return info
 
     def accuracy(self, model, data_cfg, name: str) -> dict:
+        """Top-1/top-5 on the evaluation images; under `accelerate launch` each process takes a share."""
         r = self.r
-        loader = self.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0)
+        loader = self.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0, shard=True)
         model.to(device())
-        acc = evaluate(model, self.batches(loader, "eval"), progress=self.progress)
-        acc["skipped_rows"] = sorted(set(self.skipped.pop("eval", [])))
+        local = evaluate(model, self.batches(loader, "eval"), progress=self.progress and dist.is_main())
+        counts = torch.tensor([round(local["top1"] * local["images"]), round(local["top5"] * local["images"]),
+                               local["images"]], dtype=torch.float64)
+        c1, c5, n = dist.reduce_sum(counts).tolist()
+        acc = {"top1": c1 / max(1, n), "top5": c5 / max(1, n), "images": int(n),
+               "skipped_rows": sorted(set(dist.gather_lists(self.skipped.pop("eval", []))))}
         self.log(f"[evaluate] {name}: top1 {acc['top1']:.4f} top5 {acc['top5']:.4f} on {acc['images']} images")
         return acc
 
@@ -224,14 +235,16 @@ class Pipeline:
         """Accuracy of the dense model on the evaluation split (shared by every pruning of it)."""
         dense, data_cfg, _ = self.model()
         info = {"dense": self.accuracy(dense, data_cfg, "dense")}
-        write_json(out / "metrics.json", info)
+        if dist.is_main():
+            write_json(out / "metrics.json", info)
         return info
 
     def build_evaluate(self, out: Path) -> dict:
         _, data_cfg, _ = self.model()
         pruned, _ = load_pruned(self.run_dir.path("prune"))
         info = {"pruned": self.accuracy(pruned, data_cfg, "pruned")}
-        write_json(out / "metrics.json", info)
+        if dist.is_main():
+            write_json(out / "metrics.json", info)
         return info
 
     def final_model_dir(self) -> Path:
@@ -260,17 +273,20 @@ class Pipeline:
         from .models import ModelSpec
 
         spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
-        save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"],
-                    structure.get("classes"))
+        if dist.is_main():
+            save_pruned(model, out, spec, structure["kept"], structure["dense_widths"], structure["data_config"],
+                        structure.get("classes"))
+        dist.barrier()
         saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
         acc = self.accuracy(saved, data_cfg, "finetuned")
-        write_json(out / "history.json", history)
         info = {"finetuned": acc, "epochs": f.epochs, "train_images": len(train_loader.dataset),
                 "distill": f.distill.model_dump() if f.distill else None}
-        write_json(out / "metrics.json", info)
-        import shutil
+        if dist.is_main():
+            write_json(out / "history.json", history)
+            write_json(out / "metrics.json", info)
+            import shutil
 
-        shutil.rmtree(ckpt, ignore_errors=True)
+            shutil.rmtree(ckpt, ignore_errors=True)
         return info
 
     def eval_images(self, data_cfg, n: int = 8) -> torch.Tensor:

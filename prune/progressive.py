@@ -115,9 +115,11 @@ class ClassBalancedMean:
         self.sums.index_add_(0, labels, scores.abs().double().cpu())
         self.counts.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
 
-    def value(self) -> torch.Tensor:
-        seen = self.counts > 0
-        return (self.sums[seen] / self.counts[seen, None]).sum(0)
+    def value(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """`reduce` adds up the sums and counts of several processes first."""
+        sums, counts = (self.sums, self.counts) if reduce is None else (reduce(self.sums), reduce(self.counts))
+        seen = counts > 0
+        return (sums[seen] / counts[seen, None]).sum(0)
 
 
 def progressive_table(model: nn.Module, score_block: Callable[[int], torch.Tensor], keep: list[int], *,
@@ -150,13 +152,14 @@ def progressive_table(model: nn.Module, score_block: Callable[[int], torch.Tenso
 
 
 def attribution_rows(model: nn.Module, batches: Callable[[], Iterable], num_classes: int, *, steps: int | None,
-                     objective: str, rows: int | None = None) -> Callable[[int], torch.Tensor]:
+                     objective: str, rows: int | None = None,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[int], torch.Tensor]:
     """A `score_block` for `progressive_table`: block attribution over all images of `batches()`
-    (`(images, labels, ...)`), aggregated with `ClassBalancedMean`."""
+    (`(images, labels, ...)`), aggregated with `ClassBalancedMean` (summed over processes by `reduce`)."""
     def score(t: int) -> torch.Tensor:
         agg = ClassBalancedMean(num_classes, model.blocks[t].mlp.fc1.out_features)
         for batch in batches():
             x, y = batch[0], batch[1]
             agg.add(block_attribution(model, t, x, y, steps=steps, objective=objective, rows=rows), y)
-        return agg.value()
+        return agg.value(reduce)
     return score

@@ -18,7 +18,7 @@ from typing import Callable
 
 import yaml
 
-from . import __version__
+from . import __version__, dist
 from .errors import ConfigError
 from .io import atomic_path, write_json
 
@@ -71,24 +71,26 @@ class RunDir:
                     f"{b.get(diff)!r}); use another --out, or --update to rerun only the stages that change")
         elif self.root.exists() and any(self.root.iterdir()):
             raise ConfigError(f"{self.root} exists and is not a prune run directory; choose another --out")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(existing) as tmp:
-            tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        dist.barrier()  # every process has checked the directory before the main one writes to it
+        if dist.is_main():  # under accelerate launch only the main process writes run files
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(existing) as tmp:
+                tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        dist.barrier()
 
     def path(self, stage: str) -> Path:
         return self.root / stage
 
-    def run(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], *, force: bool = False) -> Path:
+    def run(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], *, force: bool = False,
+            distributed: bool = False) -> Path:
         """Reuse `stage` if its key matches, else build it into a temp dir and move it into place.
 
         The key covers the stage's inputs and the *build ids* of the stages it reads, so rebuilding
-        (or forcing) a stage reruns everything downstream of it. Under `accelerate launch` every
-        process runs `build` (distributed stages need them all) and the main process alone
-        publishes the result.
+        (or forcing) a stage reruns everything downstream of it. Under `accelerate launch` a
+        `distributed` stage is built by every process (each does its share and they combine), any
+        other stage by the main process alone while the others wait; only the main process writes,
+        and every process then takes the published build id, so all agree on what comes next.
         """
-        from accelerate import PartialState
-
-        state = PartialState()
         upstream = {k: self.builds[k] for k in inputs.get("reads", [])}
         key = stage_key({**inputs, "upstream": upstream, "prune_version": __version__})
         self.keys[stage] = key
@@ -101,18 +103,18 @@ class RunDir:
                 self.log(f"[{stage}] unchanged, reusing {final}")
                 return final
         tmp = self.root / f".{stage}.tmp"
-        if state.is_main_process:
+        main = dist.is_main()
+        if main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        state.wait_for_everyone()
+        dist.barrier()
         self.log(f"[{stage}] running")
         start = time.perf_counter()
-        build_id = uuid.uuid4().hex[:16]
         try:
-            info = build(tmp) or {}
-            state.wait_for_everyone()
-            if state.is_main_process:
-                write_json(tmp / "stage.json", {"stage": stage, "key": key, "build": build_id,
+            info = (build(tmp) or {}) if distributed or main else {}
+            dist.barrier()
+            if main:
+                write_json(tmp / "stage.json", {"stage": stage, "key": key, "build": uuid.uuid4().hex[:16],
                                                 "seconds": time.perf_counter() - start, "inputs": inputs, **info})
                 old = self.root / f".{stage}.old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -121,9 +123,9 @@ class RunDir:
                 tmp.rename(final)
                 shutil.rmtree(old, ignore_errors=True)
         finally:
-            if state.is_main_process:
+            if main:
                 shutil.rmtree(tmp, ignore_errors=True)
-        state.wait_for_everyone()
-        self.builds[stage] = build_id
+        dist.barrier()
+        self.builds[stage] = json.loads(meta.read_text())["build"]
         self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
         return final

@@ -40,10 +40,11 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     Under `accelerate launch` each process takes a share of the images; the per-class stats are
     summed across processes and the main process writes the files.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    from .. import dist
+
+    state = dist.state()
     model, data_cfg, spec = load_model(model_spec, pretrained=pretrained, **(model_kwargs or {}))
     vit = ViTAdapter(model)
     scope = vit.check_scope(settings.scope)

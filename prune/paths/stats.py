@@ -91,10 +91,11 @@ class PathStats:
 
     def reduce(self) -> "PathStats":
         """Sum across the processes of an `accelerate launch` run (every process gets the total)."""
-        from accelerate import PartialState
         from accelerate.utils import reduce
 
-        device = PartialState().device
+        from .. import dist
+
+        device = dist.device()
         tensors = {k: reduce(getattr(self, k).to(device), reduction="sum").cpu() for k in _TENSORS}
         return PathStats(**tensors, settings=dict(self.settings))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import dist
 from ..importance import ImportanceContext, activation_stats
 from ..io import atomic_path, write_json
 from ..paths import PathStats
@@ -34,18 +35,20 @@ def build(p, out: Path) -> dict:
     r, crit, budget = p.r, p.criterion, p.budget_criterion
     model, data_cfg, _ = p.model()
     model.to(device())
-    loader = p.loader(r.data.train_split, data_cfg, r.importance.calibration_images, r.importance.seed)
-    act = activation_stats(model, p.batches(loader, "calibration"))
+    # under accelerate launch each process scores its share of the images and the sums are added up
+    loader = p.loader(r.data.train_split, data_cfg, r.importance.calibration_images, r.importance.seed, shard=True)
+    act = activation_stats(model, p.batches(loader, "calibration"), reduce=dist.reduce_sum)
     stats = None
     if p.needs_paths:  # every class's statistics; with prune.classes only those classes', re-indexed
         stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors")
         if p.classes() is not None:
             stats = stats.select(p.classes())
-    path_loader = p.path_loader(data_cfg) if crit.uses_path_images or budget.uses_path_images else None
+    path_loader = p.path_loader(data_cfg, shard=True) if crit.uses_path_images or budget.uses_path_images else None
     ctx = ImportanceContext(
         model, stats, lambda: p.batches(loader, "taylor"), act, torch.randn(1, *data_cfg.input_size, device=device()),
         r.importance.seed, path_images=(lambda: p.batches(path_loader, "paths")) if path_loader else None,
-        steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size, progress=p.progress)
+        steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size,
+        progress=p.progress and dist.is_main(), reduce=dist.reduce_sum)
     start = time.perf_counter()
     ckpt = p.run_dir.root / ".checkpoints" / f"importance-{p.run_dir.keys['importance']}"
     keep = _widths(p, ctx, ckpt) if p.importance_fixes_widths else None
@@ -53,20 +56,23 @@ def build(p, out: Path) -> dict:
         table = _progressive(p, ctx, keep, ckpt)
     else:
         table = crit.scores(ctx)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    dist.barrier()
+    if dist.is_main():
+        shutil.rmtree(ckpt, ignore_errors=True)
     seconds = time.perf_counter() - start
     table = table.double().cpu().clone()  # may alias an activation statistic
     extra = {} if keep is None else {"keep": torch.tensor(keep)}
-    with atomic_path(out / "importance.safetensors") as tmp:
-        save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
-                   "act_var": act["var"], **extra}, str(tmp))
     info = {"kind": crit.name, "formula": crit.formula, "mode": r.prune.mode, "scoring_seconds": seconds,
-            "calibration_tokens": int(act["tokens"]),
-            "path_images": len(path_loader.dataset) if path_loader is not None else None,
-            "skipped_rows": sorted(set(p.skipped.get("calibration", [])))}
+            "calibration_tokens": int(act["tokens"]), "processes": dist.world(),
+            "path_images": int(dist.reduce_sum(torch.tensor(len(path_loader.dataset)))) if path_loader else None,
+            "skipped_rows": sorted(set(dist.gather_lists(p.skipped.get("calibration", []))))}
     if keep is not None:
         info.update(keep=keep, budget_kind=budget.name)
-    write_json(out / "importance.json", info)
+    if dist.is_main():
+        with atomic_path(out / "importance.safetensors") as tmp:
+            save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
+                       "act_var": act["var"], **extra}, str(tmp))
+        write_json(out / "importance.json", info)
     return info
 
 
@@ -82,9 +88,10 @@ def _widths(p, ctx: ImportanceContext, ckpt: Path) -> list[int]:
             table = load_file(ckpt / "budget.safetensors")["scores"]
         else:
             table = p.budget_criterion.scores(ctx).double().cpu()
-            ckpt.mkdir(parents=True, exist_ok=True)
-            with atomic_path(ckpt / "budget.safetensors") as tmp:
-                save_file({"scores": table.contiguous()}, str(tmp))
+            if dist.is_main():
+                ckpt.mkdir(parents=True, exist_ok=True)
+                with atomic_path(ckpt / "budget.safetensors") as tmp:
+                    save_file({"scores": table.contiguous()}, str(tmp))
     return kept_counts(table, widths, settings)
 
 
@@ -97,6 +104,8 @@ def _progressive(p, ctx: ImportanceContext, keep: list[int], ckpt: Path) -> torc
 
     def checkpoint(t: int, row: torch.Tensor) -> None:
         done[t] = row
+        if not dist.is_main():
+            return
         ckpt.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt / "rows.safetensors") as tmp:
             save_file({str(k): v.contiguous() for k, v in done.items()}, str(tmp))
