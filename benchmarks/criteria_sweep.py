@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     ap.add_argument("--finetune-images", type=int, default=5000)
     ap.add_argument("--out", default="runs/criteria_sweep")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of an earlier, interrupted sweep in --out and run only the missing ones")
     args = ap.parse_args(argv)
 
     from prune.importance import CRITERIA
@@ -59,6 +61,11 @@ def main(argv=None) -> None:
     kinds = args.kinds.split(",") if args.kinds else list(CRITERIA)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
+    done = set()
+    if args.resume and (Path(args.out) / "sweep.csv").is_file():  # an interrupted sweep: keep its rows
+        rows = list(csv.DictReader(open(Path(args.out) / "sweep.csv")))
+        done = {_key(r) for r in rows}
+        print(f"resuming: {len(rows)} configurations already measured in {args.out}/sweep.csv")
     # seed outermost: a run directory keeps one version of each stage, so this order runs the path
     # discovery once per seed and the importance once per (seed, kind)
     for seed, kind, ratio, comp, pscope, mode in (
@@ -67,6 +74,12 @@ def main(argv=None) -> None:
         if seed != seeds[0] and kind.startswith("magnitude") and comp == "none":
             continue  # nothing sampled: every seed gives the same model
         if mode == "progressive" and not CRITERIA[kind].progressive:
+            continue
+        uses_paths = CRITERIA[kind].needs_paths
+        budget = (args.budget_kind or "") if pscope == "global" else ""
+        if _key({"ratio": ratio, "kind": kind, "compensate": comp, "seed": seed, "prune_scope": pscope, "mode": mode,
+                 "budget_kind": budget, "scope": args.scope if uses_paths else "",
+                 "top_k": args.top_k if uses_paths else ""}) in done:
             continue
         recipe = Recipe.model_validate({
             "name": "criteria_sweep",
@@ -84,12 +97,11 @@ def main(argv=None) -> None:
         })
         s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
         acc = s["accuracy"]
-        uses_paths = CRITERIA[kind].needs_paths
         imp = json.loads((Path(args.out) / "importance" / "stage.json").read_text())
         row = {"ratio": ratio, "kind": kind, "scope": args.scope if uses_paths else "",
                "top_k": args.top_k if uses_paths else "",
                "compensate": comp, "seed": seed, "prune_scope": pscope, "mode": mode,
-               "budget_kind": (args.budget_kind or "") if pscope == "global" else "",
+               "budget_kind": budget,
                "objective": args.objective if CRITERIA[kind].uses_path_images or kind == "activation_taylor" else "",
                "top1": acc["pruned"]["top1"], "top5": acc["pruned"]["top5"],
                "finetuned_top1": acc["finetuned"]["top1"] if "finetuned" in acc else "",
@@ -104,6 +116,12 @@ def main(argv=None) -> None:
               f"(dense {row['dense_top1']:.4f})", flush=True)
         write_rows(Path(args.out), rows)  # after every row: an interrupted sweep keeps what it measured
     print(f"wrote {args.out}/sweep.csv and sweep.json")
+
+
+def _key(row: dict) -> tuple:
+    """What identifies a configuration, compared as text (rows read back from the CSV are text)."""
+    return tuple(str(row.get(k, "")) for k in ("ratio", "kind", "compensate", "seed", "prune_scope", "mode",
+                                                "budget_kind", "scope", "top_k"))
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:
