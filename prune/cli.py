@@ -20,6 +20,9 @@ prune: find the neuron paths a Vision Transformer relies on, and prune the FFN n
                          a model for some classes only, from a finished run (its paths are reused)
   prune export TARGET    the ONNX file of a run's (or a pruned-model directory's) model, parity-checked
   prune bench TARGET     latency of a run, pruned model, timm model or ONNX file
+
+  several processes (GPUs; on a CPU-only machine they use gloo):
+  accelerate launch --multi_gpu --num_processes 8 -m prune.cli --recipe vit_b16_50pct.yaml
 """
 
 
@@ -29,32 +32,39 @@ def _paths_parser(sub) -> None:
         description="Locate each image's influential neuron path (joint attribution, layer by layer) for "
                     "N images per class, aggregate per class, and write paths.safetensors, "
                     "stats.safetensors and summary.json to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="examples:\n"
+               "  prune paths --out runs/digits_paths                      # embedded digits model and data\n"
+               "  prune paths --model ../shared/models/vit_tiny_cifar10 --data ../shared/data/cifar10 \\\n"
+               "      --split test --images-per-class 10 --top-k 5 --out runs/cifar_paths",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="digits-vit",
-                   help="timm model name, a directory with config.json + model.safetensors, or 'digits-vit' (embedded)")
+                   help="timm model name, a directory with config.json + model.safetensors, or 'digits-vit' "
+                        "(embedded, the default)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random weights (for timm names; no download)")
+                   help="build a timm model with random weights instead of downloading them")
     p.add_argument("--data", default="digits",
-                   help="Hugging Face dataset id, a local dataset directory (e.g. parquet shards), or 'digits' (embedded)")
-    p.add_argument("--split", default="test", help="dataset split to draw images from")
-    p.add_argument("--image-column", default=None, help="image column (default: detected)")
-    p.add_argument("--label-column", default=None, help="label column (default: detected)")
-    p.add_argument("--images-per-class", type=int, default=10, help="images drawn from each class")
+                   help="Hugging Face dataset id, a local dataset directory (e.g. parquet shards), or 'digits' "
+                        "(embedded, the default)")
+    p.add_argument("--split", default="test", help="dataset split to draw images from (default: test)")
+    p.add_argument("--image-column", default=None, help="image column (default: detected from the features)")
+    p.add_argument("--label-column", default=None, help="label column (default: detected from the features)")
+    p.add_argument("--images-per-class", type=int, default=10, help="images drawn from each class (default: 10)")
     p.add_argument("--method", default="jas",
                    choices=["jas", "activation", "influence_pattern", "layer_ig", "random"],
-                   help="jas = the paper's layer-progressive joint attribution; the others are its baselines")
-    p.add_argument("--steps", type=int, default=20, help="integrated-gradient steps m")
-    p.add_argument("--top-k", type=int, default=1, help="neurons per layer on each path")
+                   help="jas (default) = the paper's layer-progressive joint attribution; the others are its baselines")
+    p.add_argument("--steps", type=int, default=20, help="integrated-gradient steps m (default: 20)")
+    p.add_argument("--top-k", type=int, default=1, help="neurons per layer on each path (default: 1, the paper's)")
     p.add_argument("--scope", default="auto", choices=["auto", "cls", "tokens"],
-                   help="neurons read at the CLS token (paper) or as channels over all tokens")
+                   help="neurons read at the CLS token (cls, the paper's) or as channels over all tokens (tokens); "
+                        "auto (default) = cls when the model reads its CLS token")
     p.add_argument("--target", default="label", choices=["label", "pred"],
-                   help="attribute the probability of the true label or of the prediction")
+                   help="attribute the probability of the true label (default) or of the prediction")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="rows (images x steps) per chunk; bounds peak memory (default: 4 images)")
-    p.add_argument("--seed", type=int, default=0, help="image sampling and random-path seed")
+                   help="rows (images x steps) per chunk; bounds peak memory (default: 4 images per chunk)")
+    p.add_argument("--seed", type=int, default=0, help="image sampling and random-path seed (default: 0)")
     p.add_argument("--no-candidates", dest="keep_candidates", action="store_false",
                    help="do not keep the dense [L, D] per-image scores (saves memory on large runs)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (required)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -97,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a recipe value, e.g. --set prune.ratio=0.3 (repeatable)")
     parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help="rerun this stage even if its inputs are unchanged (paths, importance, prune, evaluate, all)")
+                        help="rerun this stage even if its inputs are unchanged: paths, importance, prune, baseline, "
+                             "evaluate, finetune, export, bench, report, or all (repeatable)")
     parser.add_argument("--update", action="store_true",
                         help="accept a changed recipe in an existing run directory; unchanged stages are reused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _paths_parser(sub)
-    sub.add_parser("recipes", help="list the recipes shipped with the package")
+    sub.add_parser("recipes", help="list the recipes shipped with the package",
+                   description="List the recipes shipped with the package; run one by name.",
+                   epilog="example:\n  prune recipes && prune --recipe quickstart.yaml",
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sp = sub.add_parser(
         "specialize", help="prune a finished run's model for a subset of its classes (paths reused)",
         description="Make a model that predicts only some classes: the run's recipe with prune.classes set, in a "
@@ -132,20 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("target", help="a run directory (prune --recipe --out) or a pruned-model directory (structure.json)")
     ex.add_argument("--out", default=None, help="ONNX file to write (default: <target directory name>.onnx here)")
-    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 18 (default 18)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 18 (default: 18)")
     ex.add_argument("--atol", type=float, default=1e-4,
-                    help="max |onnxruntime - PyTorch| of the logits, scaled by max |logit| when above 1 (default 1e-4)")
+                    help="max |onnxruntime - PyTorch| of the logits, scaled by max |logit| when above 1 (default: 1e-4)")
     b = sub.add_parser("bench", help="latency of a model, pruned model, ONNX file or run directory",
                        description="Measure latency and throughput (median and p90 of alternating runs after "
                                    "warm-up). TARGET is a run directory (dense vs its pruned model), a pruned-model "
                                    "directory, a timm name or model directory, or an .onnx file.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       epilog="examples:\n"
+                              "  prune bench runs/quickstart --onnx                 # dense vs pruned, PyTorch and onnxruntime\n"
+                              "  prune bench runs/quickstart/export/pruned.onnx     # an ONNX file\n"
+                              "  prune bench vit_base_patch16_224 --batch-sizes 1,8 # a timm model (random weights)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("target", help="run dir, pruned-model dir, model spec or .onnx file")
     b.add_argument("--onnx", action="store_true", help="also run onnxruntime (exports a torch model to a temp file)")
-    b.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
-    b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--repeats", type=int, default=20)
-    b.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    b.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed runs before measuring (default: 3)")
+    b.add_argument("--repeats", type=int, default=20, help="timed runs of every contender (default: 20)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch / onnxruntime intra-op threads (default: torch's own choice)")
     b.add_argument("--json", default=None, help="also write the measurements to this file")
     return parser
 

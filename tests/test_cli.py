@@ -47,3 +47,14 @@ def test_help_explains_subcommands(capsys):
         main(["paths", "--help"])
     text = capsys.readouterr().out
     assert "--images-per-class" in text and "influence_pattern" in text
+
+
+@pytest.mark.parametrize("command", ["paths", "recipes", "specialize", "export", "bench"])
+def test_every_subcommand_help_has_an_example_and_no_misleading_defaults(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "example" in text.lower()
+    for bad in ("(default: None)", "(default: True)", "(default: False)", ") (default:"):
+        assert bad not in text, bad
