@@ -115,8 +115,12 @@ def test_scoring_cost_quick(tmp_path):
 
 
 def test_specialize_sweep_quick(tmp_path):
-    load("specialize_sweep").main(["--quick", "--configs", "path_frequency,magnitude_l1", "--out", str(tmp_path)])
+    load("specialize_sweep").main(["--quick", "--configs", "path_frequency,magnitude_l1",
+                                   "--finetune-configs", "magnitude_l1", "--out", str(tmp_path)])
     rows = list(csv.DictReader(open(tmp_path / "specialize.csv")))
-    assert [r["config"] for r in rows] == ["path_frequency", "magnitude_l1"]
-    assert all(int(r["size"]) == 2 and int(r["macs"]) < int(r["macs_dense"]) for r in rows)
-    assert float(rows[0]["seconds_from_run"]) > 0 and float(rows[0]["seconds_from_scratch"]) > 0
+    assert [(r["config"], r["finetuned_top1"] != "") for r in rows] == [("path_frequency", False), ("magnitude_l1", True)]
+    assert all(int(r["size"]) == 2 and float(r["macs_ratio"]) < 1 for r in rows)
+    cost = json.loads((tmp_path / "cost.json").read_text())
+    assert cost[0]["what"] == "specialise_seconds" and cost[0]["from_run"] > 0 and cost[0]["from_scratch"] > 0
+    assert [c["config"] for c in cost[1:]] == ["path_frequency", "magnitude_l1"]
+    assert all(c["macs"] < c["macs_dense"] and c["ort_b1_ms"] > 0 for c in cost[1:])
