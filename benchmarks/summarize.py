@@ -1,5 +1,6 @@
 """Tables (markdown, printed) and plots (PNG) for RESULTS.md, made only from the raw results in
-`benchmarks/results/`: the criteria sweeps' CSVs and the discovery-budget JSON.
+`benchmarks/results/`: the criteria sweeps' CSVs, the block-budget / progressive sweeps (`i9_<model>_<group>.csv`)
+and the discovery-budget JSON.
 
     python benchmarks/summarize.py                      # reads and writes benchmarks/results/
     python benchmarks/summarize.py --results some/dir   # another results folder
@@ -180,6 +181,103 @@ def plot_budget(res: dict, out: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- block budgets and progressive pruning
+# label -> (kind, prune_scope, mode, budget_kind, path scope), in table order
+I9_CONFIGS = {
+    "taylor (Torch-Pruning), uniform": ("taylor", "uniform", "oneshot", "", ""),
+    "taylor, global": ("taylor", "global", "oneshot", "", ""),
+    "taylor, progressive": ("taylor", "uniform", "progressive", "", ""),
+    "path_frequency (tokens, K=20), uniform": ("path_frequency", "uniform", "oneshot", "", "tokens"),
+    "path_attribution, uniform": ("path_attribution", "uniform", "oneshot", "", ""),
+    "path_attribution, progressive": ("path_attribution", "uniform", "progressive", "", ""),
+    "path_attribution, global (path-guided budgets)": ("path_attribution", "global", "oneshot", "", ""),
+    "path_attribution, progressive in global budgets": ("path_attribution", "global", "progressive", "", ""),
+    "taylor neurons in path_attribution budgets": ("taylor", "global", "oneshot", "path_attribution", ""),
+    "activation_taylor, uniform": ("activation_taylor", "uniform", "oneshot", "", ""),
+    "activation_taylor, global": ("activation_taylor", "global", "oneshot", "", ""),
+    "random, uniform": ("random", "uniform", "oneshot", "", ""),
+}
+
+
+def load_i9(results: Path) -> tuple[dict, dict]:
+    """`{(model, label, ratio): {seed: row}}` and `{model: dense top-1}` from every `i9_<model>_<group>.csv`."""
+    table: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    dense = {}
+    lookup = {v: k for k, v in I9_CONFIGS.items()}
+    for f in sorted(results.glob("i9_*.csv")):
+        model = f.stem[3:].rsplit("_", 1)[0]
+        for r in csv.DictReader(open(f)):
+            key = (r["kind"], r["prune_scope"], r["mode"], r.get("budget_kind", ""), r.get("scope", ""))
+            if key not in lookup:
+                continue
+            dense[model] = float(r["dense_top1"])
+            row = {"top1": float(r["top1"]), "scoring_s": float(r["scoring_seconds"] or 0),
+                   "path_s": float(r["path_seconds"] or 0),
+                   "finetuned_top1": float(r["finetuned_top1"]) if r.get("finetuned_top1") else None,
+                   "widths": r.get("widths", ""), "file": f.name}
+            old = table[(model, lookup[key], float(r["ratio"]))].get(int(r["seed"]))
+            if old is not None and old["top1"] != row["top1"]:
+                raise SystemExit(f"{model} {lookup[key]} seed {r['seed']}: top1 {old['top1']} in {old['file']} "
+                                 f"but {row['top1']} in {f.name}")
+            if old is None or row["finetuned_top1"] is not None:
+                table[(model, lookup[key], float(r["ratio"]))][int(r["seed"])] = row
+    return table, dense
+
+
+def i9_table(table, dense) -> str:
+    models = sorted(dense)
+    ratios = sorted({k[2] for k in table})
+    lines = ["| configuration | " + " | ".join(f"{m} {r:.0%}" for m in models for r in ratios) + " |",
+             "|---|" + "---|" * (len(models) * len(ratios))]
+    lines.append("| dense | " + " | ".join(f"{100 * dense[m]:.2f}" for m in models for _ in ratios) + " |")
+    for name in I9_CONFIGS:
+        cells = [cell([row["top1"] for row in table.get((m, name, r), {}).values()]) for m in models for r in ratios]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def i9_finetune_table(table) -> str:
+    rows = [(k, seed, row) for k, seeds in table.items() for seed, row in seeds.items()
+            if row["finetuned_top1"] is not None]
+    if not rows:
+        return "(no fine-tuned rows)"
+    lines = ["| model | configuration | ratio | seed | one-shot | after the short fine-tune |", "|---|---|---|---|---|---|"]
+    for (model, name, ratio), seed, row in sorted(rows, key=lambda r: (r[0][0], r[0][2], -r[2]["finetuned_top1"])):
+        lines.append(f"| {model} | {name} | {ratio:.0%} | {seed} | {100 * row['top1']:.2f} | "
+                     f"{100 * row['finetuned_top1']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_i9(table, dense, out: Path) -> None:
+    plt = pyplot()
+    models = sorted(dense)
+    names = [n for n in I9_CONFIGS if any(k[1] == n for k in table)]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 0.45 * len(names) + 1.6), sharey=True)
+    axes = [axes] if len(models) == 1 else axes
+    for ax, model in zip(axes, models):
+        for j, (ratio, colour) in enumerate(zip(sorted({k[2] for k in table}), ("C0", "C3"))):
+            ys, xs, errs = [], [], []
+            for i, name in enumerate(names):
+                seeds = table.get((model, name, ratio))
+                if seeds:
+                    m, sd = spread([row["top1"] for row in seeds.values()])
+                    ys.append(i + 0.15 * (j - 0.5))
+                    xs.append(m)
+                    errs.append(sd or 0)
+            ax.errorbar(xs, ys, xerr=errs, fmt="o", color=colour, capsize=3, label=f"{ratio:.0%} of FFN neurons removed")
+        ax.axvline(100 * dense[model], color="k", lw=0.8, label="dense")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("one-shot CIFAR-10 top-1 (%), mean ± sd over 3 seeds")
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
@@ -194,6 +292,12 @@ def main(argv=None) -> None:
         print(finetune_table(table), "\n")
         plot_sweep(table, dense, results / "criteria_vs_sparsity.png")
         print(f"wrote {results / 'criteria_vs_sparsity.png'}")
+    i9, i9_dense = load_i9(results)
+    if i9:
+        print(i9_table(i9, i9_dense), "\n")
+        print(i9_finetune_table(i9), "\n")
+        plot_i9(i9, i9_dense, results / "budgets_progressive.png")
+        print(f"wrote {results / 'budgets_progressive.png'}")
     for f in sorted(results.glob("discovery_budget_*.json")):
         res = json.loads(f.read_text())
         print(budget_table(res), "\n")

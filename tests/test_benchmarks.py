@@ -124,3 +124,26 @@ def test_specialize_sweep_quick(tmp_path):
     assert cost[0]["what"] == "specialise_seconds" and cost[0]["from_run"] > 0 and cost[0]["from_scratch"] > 0
     assert [c["config"] for c in cost[1:]] == ["path_frequency", "magnitude_l1"]
     assert all(c["macs"] < c["macs_dense"] and c["ort_b1_ms"] > 0 for c in cost[1:])
+
+
+def test_summarize_block_budget_table_per_model(tmp_path, capsys):
+    head = ("ratio,kind,scope,top_k,compensate,seed,prune_scope,mode,budget_kind,objective,top1,top5,finetuned_top1,"
+            "dense_top1,images,macs_ratio,path_seconds,scoring_seconds,widths\n")
+    (tmp_path / "i9_m1_a.csv").write_text(
+        head + "0.5,taylor,,,none,0,global,oneshot,,,0.60,0.9,,0.62,100,0.7,,1.0,1 2\n"
+        "0.5,taylor,,,none,1,global,oneshot,,,0.62,0.9,,0.62,100,0.7,,1.0,1 2\n"
+        "0.5,taylor,,,none,0,global,oneshot,path_attribution,,0.61,0.9,,0.62,100,0.7,,1.0,1 2\n")
+    (tmp_path / "i9_m2_b.csv").write_text(head + "0.7,path_attribution,,,none,0,uniform,progressive,,logprob,"
+                                                 "0.5,0.9,0.55,0.6,100,0.5,,2.0,1 1\n")
+    summarize = load("summarize")
+    summarize.main(["--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| configuration | m1 50% | m1 70% | m2 50% | m2 70% |" in out
+    assert "| taylor, global | 61.00 ± 1.41 (n=2) | - | - | - |" in out
+    assert "| taylor neurons in path_attribution budgets | 61.00 | - | - | - |" in out
+    assert "| path_attribution, progressive | - | - | - | 50.00 |" in out
+    assert "| m2 | path_attribution, progressive | 70% | 0 | 50.00 | 55.00 |" in out
+    assert (tmp_path / "budgets_progressive.png").stat().st_size > 0
+    (tmp_path / "i9_m1_c.csv").write_text(head + "0.5,taylor,,,none,1,global,oneshot,,,0.5,0.9,,0.62,100,0.7,,1.0,1 2\n")
+    with pytest.raises(SystemExit, match="m1 taylor, global seed 1"):
+        summarize.main(["--results", str(tmp_path)])
