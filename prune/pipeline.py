@@ -190,7 +190,10 @@ class Pipeline:
     def build_paths(self, out: Path) -> dict:
         r = self.r
         p = r.paths
-        settings = DiscoverySettings(method=p.method, steps=p.steps, top_k=p.top_k, scope=p.scope, target=p.target,
+        # for pruning, "auto" means every token: structural removal cuts a neuron at all tokens, and CLS-only
+        # paths measured at random level (benchmarks/RESULTS.md); `prune paths` keeps the paper's CLS default
+        scope = "tokens" if p.scope == "auto" else p.scope
+        settings = DiscoverySettings(method=p.method, steps=p.steps, top_k=p.top_k, scope=scope, target=p.target,
                                      images_per_class=p.images_per_class, batch_size=p.batch_size, seed=p.seed)
         summary = discover(r.model.name, r.data.source, r.data.train_split, settings, out,
                            pretrained=r.model.pretrained, model_kwargs=r.model.kwargs,

@@ -10,8 +10,9 @@ this produces. `tests/test_progressive.py` checks that against scoring each bloc
 pruned for real.
 
 Block scorers (one per criterion that supports progressive mode, `Criterion.score_block`):
-`block_attribution` (integrated gradients of scaling the block's channels, the path criterion) and
-Torch-Pruning's Taylor evaluated on the masked model (`importance.Taylor`).
+`block_attribution` with m steps (integrated gradients of scaling the block's channels:
+`path_attribution`) or at the clean point (`activation_taylor`), and Torch-Pruning's Taylor on the
+masked model (`importance.Taylor`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from tqdm.auto import tqdm
 from .models import ViTAdapter
 from .paths.attribution import acc, frozen
 from .pruning import kept_indices
-
-OBJECTIVES = ("logprob", "prob")
 
 
 @contextlib.contextmanager

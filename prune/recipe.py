@@ -39,8 +39,8 @@ class PathsCfg(_Section):
     images_per_class: int = Field(10, ge=1)
     method: Literal["jas", "activation", "influence_pattern", "layer_ig", "random"] = "jas"
     steps: int = Field(20, ge=1)
-    top_k: int = Field(5, ge=1)
-    scope: Literal["auto", "cls", "tokens"] = "auto"
+    top_k: int = Field(20, ge=1)  # top-20 pruned best (benchmarks/RESULTS.md, discovery budget)
+    scope: Literal["auto", "cls", "tokens"] = "auto"  # for pruning, auto = tokens (every token's neurons)
     target: Literal["label", "pred"] = "label"
     batch_size: int | None = Field(None, ge=1)
     seed: int = 0
