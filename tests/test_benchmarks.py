@@ -147,3 +147,12 @@ def test_summarize_block_budget_table_per_model(tmp_path, capsys):
     (tmp_path / "i9_m1_c.csv").write_text(head + "0.5,taylor,,,none,1,global,oneshot,,,0.5,0.9,,0.62,100,0.7,,1.0,1 2\n")
     with pytest.raises(SystemExit, match="m1 taylor, global seed 1"):
         summarize.main(["--results", str(tmp_path)])
+
+
+def test_attribution_variants_quick(tmp_path):
+    out = tmp_path / "variants.json"
+    load("attribution_variants").main(["--quick", "--json", str(out)])
+    res = json.loads(out.read_text())
+    names = {(r["variant"], r["scope"]) for r in res["rows"]}
+    assert ("IG log p, signed", "uniform") in names and ("IG log p, abs, two rounds", "global") in names
+    assert all(0 <= r["top1"] <= 1 for r in res["rows"]) and res["dense_top1"] > 0.9
