@@ -227,7 +227,7 @@ class Taylor(Criterion):
         """Gradients of the summed cross-entropy for the given blocks' FFN weights only (backward stops
         there), then Torch-Pruning's Taylor importance of those blocks."""
         model = ctx.model
-        graph = ctx.graph()  # built before any gradient, on the model as it is
+        ctx.graph()  # built before any gradient is computed
         wanted = [p for l in (range(len(ctx.fc1s)) if blocks is None else blocks)
                   for p in model.blocks[l].mlp.parameters()]
         flags = [p.requires_grad for p in model.parameters()]
@@ -243,7 +243,6 @@ class Taylor(Criterion):
                     nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
             for p in wanted:  # every process's calibration share
                 p.grad = ctx.reduce(p.grad if p.grad is not None else torch.zeros_like(p))
-            ctx._graph = graph
             return _tp_table(ctx, tp.importance.GroupTaylorImportance(), blocks)
         finally:
             model.zero_grad(set_to_none=True)

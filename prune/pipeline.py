@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from . import dist
 from .classes import class_names, resolve_classes, restrict_head
 from .data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from .errors import DataError
@@ -21,7 +22,6 @@ from .models import load_model
 from .paths.discover import DiscoverySettings, discover
 from .pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
 from .recipe import Recipe
-from . import dist
 from .run import RunDir, fingerprint, stage_key
 from .stages import importance as importance_stage
 
