@@ -47,7 +47,7 @@ class PathsCfg(_Section):
 
 
 class ImportanceCfg(_Section):
-    kind: str = "path_frequency"
+    kind: str = "activation_taylor"  # best measured with scope global (benchmarks/RESULTS.md, section 6)
     calibration_images: int = Field(256, ge=1)  # for activation statistics, taylor, compensation
     objective: Literal["logprob", "prob"] = "logprob"  # what path_attribution / activation_taylor explain
     seed: int = 0
@@ -64,7 +64,7 @@ class ImportanceCfg(_Section):
 
 class PruneCfg(_Section):
     ratio: float = Field(0.5, gt=0, lt=1)  # fraction of FFN neurons removed
-    scope: Literal["uniform", "global"] = "uniform"
+    scope: Literal["uniform", "global"] = "global"  # the criterion's scores decide each block's width
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)  # global: cap per block
     round_to: int | None = Field(None, ge=1)
     compensate: Literal["none", "mean"] = "none"

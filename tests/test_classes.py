@@ -57,7 +57,7 @@ def test_selected_stats_equal_stats_of_only_those_classes_images():
 
 
 SMALL = ["paths.images_per_class=3", "paths.steps=2", "importance.calibration_images=48", "finetune.epochs=0",
-         "bench.enabled=false", "importance.kind=path_frequency"]
+         "bench.enabled=false", "importance.kind=path_frequency", "prune.scope=uniform"]
 
 
 def run(tmp_path, out, *extra):

@@ -13,7 +13,7 @@ from prune.pruning import PruneSettings, prune_ffn
 
 FULL = ["paths.images_per_class=2", "paths.steps=2", "importance.calibration_images=64", "data.eval_images=100",
         "finetune.epochs=2", "finetune.train_images=128", "bench.batch_sizes=[1,4]", "bench.repeats=2",
-        "bench.warmup=1"]
+        "bench.warmup=1", "importance.kind=path_frequency"]  # a path criterion: the report draws path heat maps
 
 
 def test_onnx_matches_pytorch_for_dense_and_pruned(tmp_path):

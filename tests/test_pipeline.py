@@ -13,7 +13,8 @@ from prune.cli import main
 from prune.pruning import load_pruned
 
 SMALL = ["paths.images_per_class=3", "paths.steps=3", "importance.calibration_images=64", "data.eval_images=120",
-         "finetune.epochs=0", "export.enabled=false", "bench.enabled=false"]
+         "finetune.epochs=0", "export.enabled=false", "bench.enabled=false",
+         "importance.kind=path_frequency", "prune.scope=uniform"]  # the paths stage and uniform widths these tests check
 
 
 def run(tmp_path, *extra, out="run"):
@@ -40,6 +41,20 @@ def test_quickstart_writes_every_stage_and_a_consistent_summary(tmp_path, capsys
     assert [b.mlp.fc1.out_features for b in model.blocks] == [128] * 6
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp dirs left
     assert "top-1" in capsys.readouterr().out
+
+
+def test_shipped_default_scores_attribution_and_sets_block_widths_without_discovery(tmp_path):
+    sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false"]
+    assert main(["--recipe", "quickstart.yaml", "--out", str(tmp_path / "d"), "--quiet",
+                 *sum([["--set", s] for s in sets], [])]) == 0
+    root = tmp_path / "d"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["importance"] == "activation_taylor" and summary["prune"]["scope"] == "global"
+    assert not (root / "paths").exists()  # activation_taylor needs no path discovery
+    widths = summary["ffn_widths"]["pruned"]
+    assert sum(widths) == 6 * 128 and len(set(widths)) > 1 and max(widths) <= 256
+    assert summary["accuracy"]["pruned"]["top1"] > 0.8
 
 
 def test_rerun_reuses_and_update_reruns_only_downstream(tmp_path, capsys):
@@ -147,7 +162,7 @@ def test_bad_eval_row_stops_cleanly_or_is_skipped(tmp_path, capsys):
 
 
 def test_vit_b16_recipe_mechanics_at_full_size(tmp_path, capsys):
-    """The shipped ImageNet recipe, random weights, a handful of local 224px images: 12 x 3072 -> 12 x 1536."""
+    """The shipped ImageNet recipe, random weights, a handful of local 224px images: 12 x 3072 -> half, in blocks of 64."""
     data = _local_dataset(tmp_path / "data", {"train": [0, 1, 2, 3], "validation": [0, 1]}, 224)
     sets = [f"data.source={data}", "data.image_column=img", "model.pretrained=false", "data.skip_bad=true",
             "data.num_workers=0", "data.batch_size=4", "paths.images_per_class=1", "paths.steps=2",
@@ -157,8 +172,11 @@ def test_vit_b16_recipe_mechanics_at_full_size(tmp_path, capsys):
                  *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "run/summary.json").read_text())
-    assert summary["ffn_widths"]["dense"] == [3072] * 12 and summary["ffn_widths"]["pruned"] == [1536] * 12
-    assert summary["paths"]["images"] == 4 and len(summary["paths"]["empty_classes"]) == 996
+    widths = summary["ffn_widths"]["pruned"]
+    assert summary["ffn_widths"]["dense"] == [3072] * 12 and summary["importance"] == "activation_taylor"
+    # global budgets rounded up to multiples of 64: half the neurons, at most one round-up per block more
+    assert all(w % 64 == 0 and 0 < w <= 3072 for w in widths) and 12 * 1536 <= sum(widths) < 12 * 1536 + 12 * 64
+    assert "paths" not in summary  # the shipped criterion needs no discovery
     model, _ = load_pruned(tmp_path / "run/prune")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)

@@ -163,7 +163,7 @@ def test_progressive_needs_a_criterion_that_scores_one_block(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["taylor", "activation_taylor"])
 def test_progressive_rivals_run_through_the_pipeline(tmp_path, kind):
-    assert run(tmp_path, kind, f"importance.kind={kind}") == 0
+    assert run(tmp_path, kind, f"importance.kind={kind}", "prune.scope=uniform") == 0
     info = json.loads((tmp_path / kind / "importance/importance.json").read_text())
     assert info["mode"] == "progressive" and info["keep"] == [128] * 6
 
@@ -183,5 +183,5 @@ def test_budget_kind_sets_widths_and_importance_kind_picks_neurons(tmp_path):
 
 
 def test_budget_kind_needs_global_scope(tmp_path, capsys):
-    assert run(tmp_path, "f", "prune.mode=oneshot", "prune.budget_kind=taylor") == 2
+    assert run(tmp_path, "f", "prune.mode=oneshot", "prune.scope=uniform", "prune.budget_kind=taylor") == 2
     assert "prune.budget_kind" in capsys.readouterr().err and not (tmp_path / "f").exists()
