@@ -1,6 +1,6 @@
 """Tables (markdown, printed) and plots (PNG) for RESULTS.md, made only from the raw results in
-`benchmarks/results/`: the criteria sweeps' CSVs, the block-budget / progressive sweeps (`i9_<model>_<group>.csv`)
-and the discovery-budget JSON.
+`benchmarks/results/`: the criteria sweeps' CSVs, the block-budget / progressive sweeps (`i9_<model>_<group>.csv`),
+the class-specialisation sweeps (`specialize_<model>.csv`, `specialize_cost_<model>.json`) and the discovery-budget JSON.
 
     python benchmarks/summarize.py                      # reads and writes benchmarks/results/
     python benchmarks/summarize.py --results some/dir   # another results folder
@@ -278,6 +278,54 @@ def plot_i9(table, dense, out: Path) -> None:
     plt.close(fig)
 
 
+def specialize_table(rows: list[dict]) -> str:
+    """Subset top-1 per config, class-subset size and ratio: one-shot (and after the fine-tune), mean over subsets."""
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    dense: dict[int, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        key = (r["config"], int(r["size"]), float(r["ratio"]))
+        cells[key]["top1"].append(float(r["top1"]))
+        if r["finetuned_top1"]:
+            cells[key]["ft"].append(float(r["finetuned_top1"]))
+        dense[int(r["size"])][r["classes"]] = float(r["dense_top1"])
+    cols = sorted({(k[1], k[2]) for k in cells})
+    lines = ["| config | " + " | ".join(f"{n} classes, {q:.0%}" for n, q in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines.append("| dense, restricted to the subset's logits | "
+                 + " | ".join(f"{100 * statistics.mean(dense[n].values()):.2f}" for n, _ in cols) + " |")
+    for config in dict.fromkeys(r["config"] for r in rows):
+        out = []
+        for n, q in cols:
+            c = cells.get((config, n, q))
+            if not c:
+                out.append("-")
+                continue
+            text = f"{100 * statistics.mean(c['top1']):.2f}"
+            if c["ft"]:
+                text += f" -> {100 * statistics.mean(c['ft']):.2f}"
+            out.append(text + f" (n={len(c['top1'])})")
+        lines.append(f"| {config} | " + " | ".join(out) + " |")
+    subsets = sorted({(int(r["size"]), r["classes"]) for r in rows})
+    return "\n".join(lines) + "\n\nsubsets: " + ", ".join(f"{{{c.replace('-', ', ')}}}" for _, c in subsets)
+
+
+def specialize_cost_table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if r["what"] == "specialise_seconds":
+            lines.append(f"- classes {{{r['classes'].replace('-', ', ')}}}: {r['from_run']:.0f} s from the full run's "
+                         f"paths, {r['from_scratch']:.0f} s from scratch ({r['from_scratch'] / r['from_run']:.1f}x)")
+    deploy = [r for r in rows if r["what"] == "deploy"]
+    if deploy:
+        lines += ["", "| config | ratio | params (dense -> pruned) | MACs ratio | onnxruntime batch 1 ms (dense -> pruned) "
+                  "| batch 32 ms |", "|---|---|---|---|---|---|"]
+        for r in deploy:
+            lines.append(f"| {r['config']} | {r['ratio']:.0%} | {r['params_dense']:,} -> {r['params']:,} | "
+                         f"{r['macs'] / r['macs_dense']:.3f} | {r['ort_b1_ms_dense']:.2f} -> {r['ort_b1_ms']:.2f} "
+                         f"({r['ort_b1_ms_dense'] / r['ort_b1_ms']:.2f}x) | {r['ort_b32_ms_dense']:.1f} -> "
+                         f"{r['ort_b32_ms']:.1f} ({r['ort_b32_ms_dense'] / r['ort_b32_ms']:.2f}x) |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
@@ -298,6 +346,10 @@ def main(argv=None) -> None:
         print(i9_finetune_table(i9), "\n")
         plot_i9(i9, i9_dense, results / "budgets_progressive.png")
         print(f"wrote {results / 'budgets_progressive.png'}")
+    for f in sorted(results.glob("specialize_*.csv")):
+        print(f.name, "\n" + specialize_table(list(csv.DictReader(open(f)))), "\n")
+    for f in sorted(results.glob("specialize_cost_*.json")):
+        print(f.name, "\n" + specialize_cost_table(json.loads(f.read_text())), "\n")
     for f in sorted(results.glob("discovery_budget_*.json")):
         res = json.loads(f.read_text())
         print(budget_table(res), "\n")
