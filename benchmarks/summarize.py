@@ -188,6 +188,7 @@ I9_CONFIGS = {
     "taylor, global": ("taylor", "global", "oneshot", "", ""),
     "taylor, progressive": ("taylor", "uniform", "progressive", "", ""),
     "path_frequency (tokens, K=20), uniform": ("path_frequency", "uniform", "oneshot", "", "tokens"),
+    "path_frequency (tokens, K=20), global": ("path_frequency", "global", "oneshot", "", "tokens"),
     "path_attribution, uniform": ("path_attribution", "uniform", "oneshot", "", ""),
     "path_attribution, progressive": ("path_attribution", "uniform", "progressive", "", ""),
     "path_attribution, global (path-guided budgets)": ("path_attribution", "global", "oneshot", "", ""),
