@@ -1,5 +1,5 @@
 """Tables (markdown, printed) and plots (PNG) for RESULTS.md, made only from the raw results in
-`benchmarks/results/`: the criteria sweeps' CSVs, the block-budget / progressive sweeps (`i9_<model>_<group>.csv`),
+`benchmarks/results/`: the criteria sweeps' CSVs, the block-budget / progressive sweeps (`i9_<model>_<group>.csv`, the group one word),
 the class-specialisation sweeps (`specialize_<model>.csv`, `specialize_cost_<model>.json`) and the discovery-budget JSON.
 
     python benchmarks/summarize.py                      # reads and writes benchmarks/results/
