@@ -327,6 +327,18 @@ def specialize_cost_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def variants_table(res: dict) -> str:
+    """Attribution variants (`attribution_variants.py`): top-1 per variant and block budget, one column per ratio."""
+    ratios = sorted({r["ratio"] for r in res["rows"]})
+    cells = {(r["variant"], r["scope"], r["ratio"]): r["top1"] for r in res["rows"]}
+    lines = ["| variant | budgets | " + " | ".join(f"{q:.0%}" for q in ratios) + " |", "|---|---|" + "---|" * len(ratios)]
+    lines.append("| dense | | " + " | ".join(f"{100 * res['dense_top1']:.2f}" for _ in ratios) + " |")
+    for variant, scope in dict.fromkeys((r["variant"], r["scope"]) for r in res["rows"]):
+        lines.append(f"| {variant} | {scope} | " + " | ".join(
+            f"{100 * cells[(variant, scope, q)]:.2f}" if (variant, scope, q) in cells else "-" for q in ratios) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
@@ -347,6 +359,8 @@ def main(argv=None) -> None:
         print(i9_finetune_table(i9), "\n")
         plot_i9(i9, i9_dense, results / "budgets_progressive.png")
         print(f"wrote {results / 'budgets_progressive.png'}")
+    for f in sorted(results.glob("attribution_variants_*.json")):
+        print(f.name, "\n" + variants_table(json.loads(f.read_text())), "\n")
     for f in sorted(results.glob("specialize_*.csv")):
         print(f.name, "\n" + specialize_table(list(csv.DictReader(open(f)))), "\n")
     for f in sorted(results.glob("specialize_cost_*.json")):

@@ -176,3 +176,14 @@ def test_summarize_specialisation_tables_average_over_subsets(tmp_path, capsys):
     assert "| taylor | 75.00 -> 85.00 (n=2) | - |" in out and "| magnitude_l1 | - | 40.00 (n=1) |" in out
     assert "10 s from the full run's paths, 40 s from scratch (4.0x)" in out
     assert "| taylor | 50% | 100 -> 60 | 0.700 | 2.00 -> 1.00 (2.00x) | 30.0 -> 20.0 (1.50x) |" in out
+
+
+def test_summarize_variants_table_one_column_per_ratio(tmp_path, capsys):
+    (tmp_path / "attribution_variants_m.json").write_text(json.dumps({"dense_top1": 0.6, "rows": [
+        {"variant": "IG log p, abs", "scope": "global", "ratio": 0.5, "top1": 0.59},
+        {"variant": "IG log p, abs", "scope": "global", "ratio": 0.7, "top1": 0.58},
+        {"variant": "IG log p, signed", "scope": "uniform", "ratio": 0.7, "top1": 0.4}]}))
+    load("summarize").main(["--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| variant | budgets | 50% | 70% |" in out and "| dense | | 60.00 | 60.00 |" in out
+    assert "| IG log p, abs | global | 59.00 | 58.00 |" in out and "| IG log p, signed | uniform | - | 40.00 |" in out
