@@ -280,33 +280,46 @@ def plot_i9(table, dense, out: Path) -> None:
 
 
 def specialize_table(rows: list[dict]) -> str:
-    """Subset top-1 per config, class-subset size and ratio: one-shot (and after the fine-tune), mean over subsets."""
-    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    dense: dict[int, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        key = (r["config"], int(r["size"]), float(r["ratio"]))
-        cells[key]["top1"].append(float(r["top1"]))
-        if r["finetuned_top1"]:
-            cells[key]["ft"].append(float(r["finetuned_top1"]))
-        dense[int(r["size"])][r["classes"]] = float(r["dense_top1"])
-    cols = sorted({(k[1], k[2]) for k in cells})
-    lines = ["| config | " + " | ".join(f"{n} classes, {q:.0%}" for n, q in cols) + " |", "|---|" + "---|" * len(cols)]
-    lines.append("| dense, restricted to the subset's logits | "
-                 + " | ".join(f"{100 * statistics.mean(dense[n].values()):.2f}" for n, _ in cols) + " |")
-    for config in dict.fromkeys(r["config"] for r in rows):
-        out = []
-        for n, q in cols:
-            c = cells.get((config, n, q))
-            if not c:
-                out.append("-")
-                continue
-            text = f"{100 * statistics.mean(c['top1']):.2f}"
-            if c["ft"]:
-                text += f" -> {100 * statistics.mean(c['ft']):.2f}"
-            out.append(text + f" (n={len(c['top1'])})")
-        lines.append(f"| {config} | " + " | ".join(out) + " |")
+    """Subset top-1 (one-shot -> after the fine-tune) per subset and config, one column per ratio; then the
+    mean per subset size over the subsets that every config and ratio finished (so every mean is over the
+    same subsets)."""
+    ratios = sorted({float(r["ratio"]) for r in rows})
+    configs = list(dict.fromkeys(r["config"] for r in rows))
     subsets = sorted({(int(r["size"]), r["classes"]) for r in rows})
-    return "\n".join(lines) + "\n\nsubsets: " + ", ".join(f"{{{c.replace('-', ', ')}}}" for _, c in subsets)
+    cell = {(r["classes"], r["config"], float(r["ratio"])): r for r in rows}
+    dense = {r["classes"]: float(r["dense_top1"]) for r in rows}
+
+    def text(top1: list[float], ft: list[float]) -> str:
+        t = f"{100 * statistics.mean(top1):.2f}"
+        return t + (f" -> {100 * statistics.mean(ft):.2f}" if ft and len(ft) == len(top1) else "")
+
+    head = "| classes | config | " + " | ".join(f"{q:.0%}" for q in ratios) + " |"
+    lines = [head, "|---|---|" + "---|" * len(ratios)]
+    for _, c in subsets:
+        lines.append(f"| {{{c.replace('-', ', ')}}} | dense (subset logits) | "
+                     + " | ".join(f"{100 * dense[c]:.2f}" for _ in ratios) + " |")
+        for config in configs:
+            out = []
+            for q in ratios:
+                r = cell.get((c, config, q))
+                out.append("-" if r is None else text([float(r["top1"])],
+                                                      [float(r["finetuned_top1"])] if r["finetuned_top1"] else []))
+            lines.append(f"| | {config} | " + " | ".join(out) + " |")
+    complete = [(n, c) for n, c in subsets if all((c, k, q) in cell for k in configs for q in ratios)]
+    for n in sorted({n for n, _ in complete}):
+        cs = [c for m, c in complete if m == n]
+        lines += ["", f"mean over the {len(cs)} complete {n}-class subsets ({', '.join(cs)}):", "", head,
+                  "|---|---|" + "---|" * len(ratios),
+                  f"| {n} classes | dense (subset logits) | "
+                  + " | ".join(f"{100 * statistics.mean(dense[c] for c in cs):.2f}" for _ in ratios) + " |"]
+        for config in configs:
+            out = []
+            for q in ratios:
+                rs = [cell[(c, config, q)] for c in cs]
+                out.append(text([float(r["top1"]) for r in rs],
+                                [float(r["finetuned_top1"]) for r in rs if r["finetuned_top1"]]))
+            lines.append(f"| | {config} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
 
 
 def specialize_cost_table(rows: list[dict]) -> str:

@@ -158,12 +158,14 @@ def test_attribution_variants_quick(tmp_path):
     assert all(0 <= r["top1"] <= 1 for r in res["rows"]) and res["dense_top1"] > 0.9
 
 
-def test_summarize_specialisation_tables_average_over_subsets(tmp_path, capsys):
+def test_summarize_specialisation_tables_average_over_complete_subsets(tmp_path, capsys):
     head = "classes,size,config,kind,prune_scope,ratio,dense_top1,top1,finetuned_top1,images,macs_ratio,widths\n"
     (tmp_path / "specialize_m.csv").write_text(
         head + "1-2,2,taylor,taylor,uniform,0.5,0.90,0.80,0.85,20,0.7,1 1\n"
-        "3-4,2,taylor,taylor,uniform,0.5,0.96,0.70,,20,0.7,1 1\n"
-        "0-1-2-3-4,5,magnitude_l1,magnitude_l1,uniform,0.9,0.80,0.40,,50,0.4,1 1\n")
+        "1-2,2,magnitude_l1,magnitude_l1,uniform,0.5,0.90,0.60,,20,0.7,1 1\n"
+        "3-4,2,taylor,taylor,uniform,0.5,0.96,0.70,0.75,20,0.7,1 1\n"
+        "3-4,2,magnitude_l1,magnitude_l1,uniform,0.5,0.96,0.50,,20,0.7,1 1\n"
+        "5-6,2,taylor,taylor,uniform,0.5,0.50,0.10,0.10,20,0.7,1 1\n")  # 5-6 unfinished: not in the mean
     (tmp_path / "specialize_cost_m.json").write_text(json.dumps([
         {"what": "specialise_seconds", "classes": "1-2", "size": 2, "from_run": 10.0, "from_scratch": 40.0},
         {"what": "deploy", "classes": "1-2", "size": 2, "config": "taylor", "ratio": 0.5, "params_dense": 100,
@@ -171,9 +173,11 @@ def test_summarize_specialisation_tables_average_over_subsets(tmp_path, capsys):
          "ort_b32_ms_dense": 30.0, "ort_b32_ms": 20.0}]))
     load("summarize").main(["--results", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "| config | 2 classes, 50% | 5 classes, 90% |" in out
-    assert "| dense, restricted to the subset's logits | 93.00 | 80.00 |" in out
-    assert "| taylor | 75.00 -> 85.00 (n=2) | - |" in out and "| magnitude_l1 | - | 40.00 (n=1) |" in out
+    assert "| {1, 2} | dense (subset logits) | 90.00 |" in out and "| | magnitude_l1 | 60.00 |" in out
+    assert "| | taylor | 10.00 -> 10.00 |" in out and "| {5, 6} | dense (subset logits) | 50.00 |" in out
+    assert "mean over the 2 complete 2-class subsets (1-2, 3-4):" in out
+    assert "| 2 classes | dense (subset logits) | 93.00 |" in out
+    assert "| | taylor | 75.00 -> 80.00 |" in out and "| | magnitude_l1 | 55.00 |" in out
     assert "10 s from the full run's paths, 40 s from scratch (4.0x)" in out
     assert "| taylor | 50% | 100 -> 60 | 0.700 | 2.00 -> 1.00 (2.00x) | 30.0 -> 20.0 (1.50x) |" in out
 
