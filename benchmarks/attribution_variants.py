@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     import torch
     import torch_pruning as tp
 
-    from prune.data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
+    from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
     from prune.importance import ImportanceContext, Taylor, _tp_table
     from prune.io import write_json
     from prune.models import load_model
@@ -55,10 +55,7 @@ def main(argv=None) -> None:
         ds = load_split(args.data, split)
         img, lab = find_columns(ds)
         rows = list(range(len(ds))) if rows is None else rows(labels_of(ds, lab), len(ds))
-        loader = torch.utils.data.DataLoader(ImageDataset(ds, tf, img, lab, split, rows, C), batch_size=256,
-                                             collate_fn=collate)
-        xs, ys = zip(*[(x, y) for x, y, _, _ in loader])
-        return torch.cat(xs), torch.cat(ys)
+        return stack_rows(ds, tf, img, lab, split, rows, C)
 
     px, py = tensors("train", lambda labels, n: sample_per_class(labels, args.images_per_class, C, args.seed))
     cx, cy = tensors("train", lambda labels, n: sorted(random.Random(args.seed).sample(range(n), args.calibration_images)))

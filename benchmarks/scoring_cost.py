@@ -38,7 +38,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from prune.data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
+    from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
     from prune.importance import ImportanceContext, get_criterion
     from prune.io import write_json
     from prune.models import load_model
@@ -52,8 +52,7 @@ def main(argv=None) -> None:
     C = model.num_classes
 
     def tensors(rows):
-        xs, ys = zip(*[(s[0], s[1]) for s in ImageDataset(ds, tf, img, lab, "train", rows, C)])
-        return torch.stack(xs), torch.tensor(ys)
+        return stack_rows(ds, tf, img, lab, "train", rows, C)
 
     px, py = tensors(sample_per_class(labels_of(ds, lab), args.images_per_class, C, 0))
     cx, cy = tensors(sorted(random.Random(0).sample(range(len(ds)), args.calibration_images)))

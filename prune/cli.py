@@ -375,10 +375,9 @@ def _run_export(args) -> int:
 
 def _run_images(run, structure):
     """The first 8 images of the run's evaluation split, prepared as the model expects (None if unavailable)."""
-    import torch
     import yaml
 
-    from .data import ImageDataset, find_columns, load_split, make_transform
+    from .data import find_columns, load_split, make_transform, stack_rows
     from .errors import PruneError
     from .models import DataConfig
 
@@ -390,8 +389,7 @@ def _run_images(run, structure):
         cfg = structure["data_config"]
         tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
                                        cfg["interpolation"], cfg["crop_pct"]))
-        data = ImageDataset(ds, tf, img, lab, d["eval_split"], list(range(min(8, len(ds)))))
-        return torch.stack([data[i][0] for i in range(len(data))])
+        return stack_rows(ds, tf, img, lab, d["eval_split"], list(range(min(8, len(ds)))))[0]
     except (PruneError, KeyError, OSError):
         return None
 

@@ -135,6 +135,16 @@ def collate(samples):
             torch.tensor([s[2] for s in good]), bad)
 
 
+def stack_rows(ds, transform, image_column: str, label_column: str, split: str, rows: list[int],
+               num_classes: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` of a split as one image tensor `[n, C, H, W]` and its labels `[n]`, for code that keeps a
+    few hundred images in memory (benchmarks, the export check)."""
+    dataset = ImageDataset(ds, transform, image_column, label_column, split, rows, num_classes)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    xs, ys = zip(*[(x, y) for x, y, _, _ in loader])
+    return torch.cat(xs), torch.cat(ys)
+
+
 def labels_of(ds, label_column: str) -> list[int]:
     return [int(v) for v in ds[label_column]]
 
