@@ -48,6 +48,7 @@ class Pipeline:
         self.skipped: dict[str, list[int]] = {}
         self._classes: list[int] | None = None
         self._dense_num_classes: int | None = None
+        self._splits: dict[str, tuple] = {}
 
     # -------------------------------------------------------------------------------- helpers
     def model(self):
@@ -77,10 +78,12 @@ class Pipeline:
         return self._dense_num_classes
 
     def split(self, split: str):
-        """A split of the recipe's dataset with its image and label column names."""
-        d = self.r.data
-        ds = load_split(d.source, split)
-        return (ds, *find_columns(ds, d.image_column, d.label_column))
+        """A split of the recipe's dataset with its image and label column names (loaded once per run)."""
+        if split not in self._splits:
+            d = self.r.data
+            ds = load_split(d.source, split)
+            self._splits[split] = (ds, *find_columns(ds, d.image_column, d.label_column))
+        return self._splits[split]
 
     def dataset(self, split: str, data_cfg, rows: list[int]) -> ImageDataset:
         """`rows` of a split as model inputs; with `prune.classes`, labels re-indexed to the kept classes."""
@@ -225,7 +228,7 @@ class Pipeline:
         r = self.r
         loader = self.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0, shard=True)
         model.to(device())
-        local = evaluate(model, self.batches(loader, "eval"), progress=self.progress and dist.is_main())
+        local = evaluate(model, self.batches(loader, "eval"), progress=self.progress)
         counts = torch.tensor([round(local["top1"] * local["images"]), round(local["top5"] * local["images"]),
                                local["images"]], dtype=torch.float64)
         c1, c5, n = dist.reduce_sum(counts).tolist()

@@ -48,7 +48,7 @@ def build(p, out: Path) -> dict:
         model, stats, lambda: p.batches(loader, "taylor"), act, torch.randn(1, *data_cfg.input_size, device=device()),
         r.importance.seed, path_images=(lambda: p.batches(path_loader, "paths")) if path_loader else None,
         steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size,
-        progress=p.progress and dist.is_main(), reduce=dist.reduce_sum)
+        progress=p.progress, reduce=dist.reduce_sum)
     start = time.perf_counter()
     ckpt = p.run_dir.root / ".checkpoints" / f"importance-{p.run_dir.keys['importance']}"
     keep = _widths(p, ctx, ckpt) if p.importance_fixes_widths else None
