@@ -40,8 +40,6 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     Under `accelerate launch` each process takes a share of the images; the per-class stats are
     summed across processes and the main process writes the files.
     """
-    from accelerate.utils import gather_object
-
     from .. import dist
 
     state = dist.state()
@@ -91,9 +89,9 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     ratios = {op: torch.cat(r) if r else torch.zeros(0) for op, r in ratios.items()}
     if state.num_processes > 1:
         stats = stats.reduce()
-        result = PathResult.concat([p for p in gather_object([result]) if p is not None])
-        ratios = {op: torch.cat(gather_object([r])) for op, r in ratios.items()}
-        skipped = gather_object(skipped)
+        result = PathResult.concat([p for p in dist.gather_lists([result]) if p is not None])
+        ratios = {op: torch.cat(dist.gather_lists([r])) for op, r in ratios.items()}
+        skipped = dist.gather_lists(skipped)
     deviation = {op: {"mean_ratio": float(r.mean()), "median_ratio": float(r.median())} for op, r in ratios.items() if len(r)}
     summary = {
         "model": model_spec, "architecture": spec.architecture, "data": data_source, "split": split,

@@ -91,13 +91,9 @@ class PathStats:
 
     def reduce(self) -> "PathStats":
         """Sum across the processes of an `accelerate launch` run (every process gets the total)."""
-        from accelerate.utils import reduce
-
         from .. import dist
 
-        device = dist.device()
-        tensors = {k: reduce(getattr(self, k).to(device), reduction="sum").cpu() for k in _TENSORS}
-        return PathStats(**tensors, settings=dict(self.settings))
+        return PathStats(**{k: dist.reduce_sum(getattr(self, k)) for k in _TENSORS}, settings=dict(self.settings))
 
     def preferred_path(self, c: int, k: int | None = None) -> torch.Tensor:
         """The class's modal path `[L, k]`: most frequent neurons per layer, ties broken by summed score."""
