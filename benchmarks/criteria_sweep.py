@@ -76,10 +76,10 @@ def main(argv=None) -> None:
         if mode == "progressive" and not CRITERIA[kind].progressive:
             continue
         uses_paths = CRITERIA[kind].needs_paths
-        budget = (args.budget_kind or "") if pscope == "global" else ""
-        if _key({"ratio": ratio, "kind": kind, "compensate": comp, "seed": seed, "prune_scope": pscope, "mode": mode,
-                 "budget_kind": budget, "scope": args.scope if uses_paths else "",
-                 "top_k": args.top_k if uses_paths else ""}) in done:
+        config = {"ratio": ratio, "kind": kind, "scope": args.scope if uses_paths else "",  # the CSV's first columns
+                  "top_k": args.top_k if uses_paths else "", "compensate": comp, "seed": seed, "prune_scope": pscope,
+                  "mode": mode, "budget_kind": (args.budget_kind or "") if pscope == "global" else ""}
+        if _key(config) in done:
             continue
         recipe = Recipe.model_validate({
             "name": "criteria_sweep",
@@ -98,10 +98,7 @@ def main(argv=None) -> None:
         s = Pipeline(recipe, args.out, update=True, progress=False, log=lambda m: None).run()
         acc = s["accuracy"]
         imp = json.loads((Path(args.out) / "importance" / "stage.json").read_text())
-        row = {"ratio": ratio, "kind": kind, "scope": args.scope if uses_paths else "",
-               "top_k": args.top_k if uses_paths else "",
-               "compensate": comp, "seed": seed, "prune_scope": pscope, "mode": mode,
-               "budget_kind": budget,
+        row = {**config,
                "objective": args.objective if CRITERIA[kind].uses_path_images or kind == "activation_taylor" else "",
                "top1": acc["pruned"]["top1"], "top5": acc["pruned"]["top5"],
                "finetuned_top1": acc["finetuned"]["top1"] if "finetuned" in acc else "",
