@@ -40,16 +40,17 @@ def main(argv=None) -> None:
     import torch_pruning as tp
 
     from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
-    from prune.importance import ImportanceContext, Taylor, _tp_table
+    from prune.budget import PruneSettings, keep_mask, kept_counts
+    from prune.criteria import ImportanceContext, Taylor, tp_table
+    from prune.gates import ClassBalancedMean, block_attribution, unit_masks
     from prune.io import write_json
     from prune.models import load_model
-    from prune.progressive import ClassBalancedMean, block_attribution, keep_mask, neuron_masks
-    from prune.pruning import PruneSettings, kept_counts
+    from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)
     tf = make_transform(data_cfg)
     C, L = model.num_classes, len(model.blocks)
-    widths = [b.mlp.fc1.out_features for b in model.blocks]
+    widths = FFN.widths(model)
 
     def tensors(split, rows):
         ds = load_split(args.data, split)
@@ -63,14 +64,14 @@ def main(argv=None) -> None:
 
     @torch.no_grad()
     def top1(masks) -> float:
-        with neuron_masks(model, masks):
+        with unit_masks(model, FFN, masks):
             return sum((model(tx[s:s + 500]).argmax(-1) == ty[s:s + 500]).sum().item()
                        for s in range(0, len(ty), 500)) / len(ty)
 
     def per_image(objective, masks=None):
         """Per-image block IG `[n, L, D]`, every block scored with `masks` active (default: dense)."""
-        with neuron_masks(model, masks or [None] * L):
-            return torch.stack([block_attribution(model, l, px, py, steps=args.steps, objective=objective)
+        with unit_masks(model, FFN, masks or [None] * L):
+            return torch.stack([block_attribution(model, FFN, l, px, py, steps=args.steps, objective=objective)
                                 for l in range(L)], 1)
 
     def aggregate(ig, how):
@@ -108,12 +109,12 @@ def main(argv=None) -> None:
         record("IG p (the paper's objective), abs", "global", ratio, aggregate(ig["prob"], "abs"))
     batches = lambda: [(cx[s:s + 256], cy[s:s + 256]) for s in range(0, len(cy), 256)]  # noqa: E731
     ctx = ImportanceContext(model, calibration=batches, example_inputs=cx[:1])
-    normalised = Taylor.scores(ctx)
+    normalised = Taylor(normalizer="mean").scores(ctx, FFN)
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for x, y in batches():
             torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
-    raw = _tp_table(ctx, tp.importance.GroupTaylorImportance(normalizer=None))
+    raw = tp_table(ctx, FFN, tp.importance.GroupTaylorImportance(normalizer=None))
     model.zero_grad(set_to_none=True)
     for ratio in ratios:
         record("Torch-Pruning Taylor (mean-normalised per block)", "global", ratio, normalised)

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
                     help="keep the rows of an earlier, interrupted sweep in --out and run only the missing ones")
     args = ap.parse_args(argv)
 
-    from prune.importance import CRITERIA
+    from prune.criteria import CRITERIA
     from prune.pipeline import Pipeline
     from prune.recipe import Recipe
 

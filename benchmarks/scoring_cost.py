@@ -39,11 +39,12 @@ def main(argv=None) -> None:
     import torch
 
     from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
-    from prune.importance import ImportanceContext, get_criterion
+    from prune.criteria import ImportanceContext, get_criterion
     from prune.io import write_json
     from prune.models import load_model
     from prune.paths import locate_paths
     from prune.progressive import progressive_table
+    from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)
     ds = load_split(args.data, "train")
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     chunk = lambda x, y, n: [(x[s:s + n], y[s:s + n]) for s in range(0, len(y), n)]  # noqa: E731
     ctx = ImportanceContext(model, calibration=lambda: chunk(cx, cy, 256), example_inputs=cx[:1],
                             path_images=lambda: chunk(px, py, 256), steps=args.steps, rows=args.batch_size)
-    widths = [b.mlp.fc1.out_features for b in model.blocks]
+    widths = FFN.widths(model)
     half = [w // 2 for w in widths]
 
     def timed(fn):
@@ -76,9 +77,9 @@ def main(argv=None) -> None:
         print(f"discovery ({scope}): {sec[f'discovery_{scope}']:.1f} s", flush=True)
     for kind in ("path_attribution", "activation_taylor", "taylor"):
         crit = get_criterion(kind)
-        sec[f"{kind}_oneshot"] = timed(lambda: crit.scores(ctx))
+        sec[f"{kind}_oneshot"] = timed(lambda: crit.scores(ctx, FFN))
         sec[f"{kind}_progressive"] = timed(lambda: progressive_table(
-            model, lambda t: crit.score_block(ctx, t), half, progress=False))
+            model, FFN, lambda t: crit.score_block(ctx, FFN, t), half, progress=False))
         print(f"{kind}: one-shot {sec[f'{kind}_oneshot']:.1f} s, progressive {sec[f'{kind}_progressive']:.1f} s",
               flush=True)
     base = sec["discovery_tokens"]

@@ -188,18 +188,12 @@ def _run_bench(args) -> int:
     root = Path(args.target)
     targets = {}
     if (root / "recipe.yaml").is_file():
-        for name, sub in (("dense", None), ("pruned", "finetune"), ("pruned", "prune")):
-            if name in targets:
-                continue
-            if sub is None:
-                import yaml
+        from .artifacts import final_model_dir, run_recipe
 
-                recipe = yaml.safe_load((root / "recipe.yaml").read_text())
-                targets[name] = load_any(recipe["model"]["name"], **recipe["model"].get("kwargs", {}))
-            elif (root / sub / "structure.json").is_file():
-                targets[name] = load_any(str(root / sub))
-        if "pruned" not in targets:
-            raise _usage(f"run directory {root} has no pruned model yet; run its recipe first")
+        recipe = run_recipe(root)
+        final = final_model_dir(root, recipe)
+        targets["dense"] = load_any(recipe["model"]["name"], **recipe["model"].get("kwargs", {}))
+        targets["pruned"] = load_any(str(final))
     else:
         targets[root.name or str(root)] = load_any(args.target)
     shapes = {t[2] for t in targets.values()}
@@ -342,9 +336,9 @@ def _run_export(args) -> int:
         raise _usage(f"--atol must be positive, not {args.atol}")
     run = (target / "recipe.yaml").is_file()
     if run:
-        model_dir = next((target / s for s in ("finetune", "prune") if (target / s / "structure.json").is_file()), None)
-        if model_dir is None:
-            raise _usage(f"run directory {target} has no pruned model yet; run its recipe first")
+        from .artifacts import final_model_dir
+
+        model_dir = final_model_dir(target)
     elif (target / "structure.json").is_file():
         model_dir = target
     else:

@@ -34,7 +34,7 @@ def load_split(source: str, split: str):
     """One split of a dataset as a `datasets.Dataset`."""
     check_source(source)
     if source == "digits":
-        from .embedded import digits_dataset
+        from .digits import digits_dataset
 
         ds = digits_dataset()
         if split not in ds:

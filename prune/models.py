@@ -41,8 +41,6 @@ class ModelSpec:
 
     architecture: str
     model_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None  # local safetensors file, if any
-    source: str = ""  # what the user asked for
 
 
 def resolve_model_dir(spec: str) -> Path | None:
@@ -88,11 +86,11 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         elif pretrained:
             raise ConfigError(f"model directory {local} has no model.safetensors "
                               "(set pretrained=false to use random weights)")
-        mspec = ModelSpec(cfg["architecture"], kwargs, str(weights) if weights.is_file() else None, spec)
+        mspec = ModelSpec(cfg["architecture"], kwargs)
     else:
         model = _create(timm, spec, pretrained=pretrained, **overrides)
         cfg = {}
-        mspec = ModelSpec(spec, dict(overrides), None, spec)
+        mspec = ModelSpec(spec, dict(overrides))
 
     model.eval()
     timm_cfg = resolve_data_config(model=model)

@@ -55,7 +55,7 @@ class ImportanceCfg(_Section):
     @field_validator("kind")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .importance import CRITERIA
+        from .criteria import CRITERIA
 
         if v not in CRITERIA:
             raise ValueError(f"unknown kind {v!r}; choose one of {', '.join(CRITERIA)}")
@@ -75,7 +75,7 @@ class PruneCfg(_Section):
     @field_validator("budget_kind")
     @classmethod
     def _known_budget(cls, v):
-        from .importance import CRITERIA
+        from .criteria import CRITERIA
 
         if v is not None and v not in CRITERIA:
             raise ValueError(f"unknown kind {v!r}; choose one of {', '.join(CRITERIA)}")
@@ -151,7 +151,7 @@ class Recipe(_Section):
             raise ValueError("prune.budget_kind ranks a criterion across blocks to set their widths: it needs "
                              "prune.scope: global")
         if self.prune.mode == "progressive":
-            from .importance import CRITERIA
+            from .criteria import CRITERIA
 
             if not CRITERIA[self.importance.kind].progressive:
                 able = ", ".join(k for k, c in CRITERIA.items() if c.progressive)

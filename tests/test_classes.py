@@ -74,7 +74,7 @@ def test_specialised_run_end_to_end(tmp_path):
     assert model.head.out_features == 2
     assert json.loads(read_metadata(root / "export/pruned.onnx")["prune.classes"]) == [3, 8]
     summary = json.loads((root / "summary.json").read_text())
-    from prune.embedded import digits_dataset
+    from prune.digits import digits_dataset
 
     test_labels = digits_dataset()["test"]["label"]
     assert summary["accuracy"]["dense"]["images"] == sum(v in (3, 8) for v in test_labels)

@@ -9,7 +9,8 @@ import torch
 from conftest import trained_tiny_vit
 from prune.cli import main
 from prune.export import ParityError, check_parity, export_onnx
-from prune.pruning import PruneSettings, prune_ffn
+from prune.budget import PruneSettings
+from prune.pruning import prune_ffn
 
 FULL = ["paths.images_per_class=2", "paths.steps=2", "importance.calibration_images=64", "data.eval_images=100",
         "finetune.epochs=2", "finetune.train_images=128", "bench.batch_sizes=[1,4]", "bench.repeats=2",

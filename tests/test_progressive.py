@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 from conftest import trained_tiny_vit
 from prune.cli import main
-from prune.importance import ImportanceContext, get_criterion
-from prune.progressive import ClassBalancedMean, block_attribution, progressive_table
+from prune.criteria import ImportanceContext, get_criterion
+from prune.gates import ClassBalancedMean, block_attribution
+from prune.progressive import progressive_table
+from prune.units import FFN
 
 X = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 Y = torch.tensor([0, 1, 1, 2, 3, 1])
@@ -64,14 +66,14 @@ def test_progressive_attribution_equals_bruteforce_on_really_pruned_models():
     keep = [40, 20, 50, 10]
     ctx = ImportanceContext(model, path_images=lambda: [(X[:4], Y[:4]), (X[4:], Y[4:])], steps=steps)
     crit = get_criterion("path_attribution")
-    table = progressive_table(model, lambda t: crit.score_block(ctx, t), keep, progress=False)
+    table = progressive_table(model, FFN, lambda t: crit.score_block(ctx, FFN, t), keep, progress=False)
     kept = {}
     for t in range(4):
         ref = ref_block_ig(cut(model, kept), t, steps)  # blocks < t cut for real, block t dense
         torch.testing.assert_close(table[t], ref, rtol=1e-9, atol=1e-12)
         kept[t] = ref.topk(keep[t]).indices.sort().values
     # the one-shot table differs from the progressive one after block 0 (earlier removals matter)
-    oneshot = crit.scores(ctx)
+    oneshot = crit.scores(ctx, FFN)
     torch.testing.assert_close(oneshot[0], table[0])
     assert not torch.allclose(oneshot[1:], table[1:])
 
@@ -82,11 +84,11 @@ def test_progressive_taylor_equals_taylor_on_really_pruned_models():
     batches = lambda: [(X[:3], Y[:3]), (X[3:], Y[3:])]  # noqa: E731
     crit = get_criterion("taylor")
     ctx = ImportanceContext(model, calibration=batches, example_inputs=X[:1])
-    table = progressive_table(model, lambda t: crit.score_block(ctx, t), keep, progress=False)
+    table = progressive_table(model, FFN, lambda t: crit.score_block(ctx, FFN, t), keep, progress=False)
     kept = {}
     for t in range(4):
         pruned = cut(model, kept)
-        ref = crit.score_block(ImportanceContext(pruned, calibration=batches, example_inputs=X[:1]), t)
+        ref = crit.score_block(ImportanceContext(pruned, calibration=batches, example_inputs=X[:1]), FFN, t)
         torch.testing.assert_close(table[t], ref, rtol=1e-7, atol=1e-12)
         kept[t] = ref.topk(keep[t]).indices.sort().values
 
@@ -94,7 +96,7 @@ def test_progressive_taylor_equals_taylor_on_really_pruned_models():
 def test_integrated_gradients_are_complete():
     """sum_j IG_j = F(block intact) - F(block's FFN output removed), up to the Riemann error (m = 400)."""
     model = model64()
-    ig = block_attribution(model, 2, X, Y, steps=400)
+    ig = block_attribution(model, FFN, 2, X, Y, steps=400)
     with torch.no_grad():
         full = model(X).log_softmax(-1).gather(1, Y[:, None])[:, 0]
         h = model.blocks[2].mlp.act.register_forward_hook(lambda m, i, o: o * 0)
@@ -103,7 +105,7 @@ def test_integrated_gradients_are_complete():
     err = (ig.sum(1) - (full - none)).abs()
     assert (err < 0.02 * (full - none).abs().max()).all(), err
     # a finer sum is closer (left Riemann error ~ 1/m)
-    coarse = (block_attribution(model, 2, X, Y, steps=20).sum(1) - (full - none)).abs()
+    coarse = (block_attribution(model, FFN, 2, X, Y, steps=20).sum(1) - (full - none)).abs()
     assert err.max() < coarse.max()
 
 
@@ -129,19 +131,19 @@ def test_progressive_run_is_deterministic_and_resumes_to_the_same_model(tmp_path
     assert run(tmp_path, "a", "prune.scope=global") == 0
     imp = load_file(tmp_path / "a/importance/importance.safetensors")
     widths = json.loads((tmp_path / "a/prune/prune.json").read_text())["widths"]
-    assert imp["keep"].tolist() == widths and len(set(widths)) > 1 and sum(widths) == 6 * 128
+    assert imp["ffn.keep"].tolist() == widths and len(set(widths)) > 1 and sum(widths) == 6 * 128
     # interrupted at block 3 of the progressive pass (after the one-shot budget pass): the budget table and
     # the scored rows are kept, the rerun scores only the rest
     crit = get_criterion("path_attribution")
-    original, calls = crit.score_block.__func__, []
+    original, calls = crit.score_block, []
 
-    def flaky(cls, ctx, block):
+    def flaky(ctx, unit, block):
         calls.append(block)
         if block == 3 and calls.count(3) == 2:
             raise KeyboardInterrupt
-        return original(cls, ctx, block)
+        return original(ctx, unit, block)
 
-    monkeypatch.setattr(crit, "score_block", classmethod(flaky))
+    monkeypatch.setattr(crit, "score_block", flaky)
     assert run(tmp_path, "b", "prune.scope=global") == 130
     assert not (tmp_path / "b/importance").exists()
     capsys.readouterr()
@@ -165,18 +167,18 @@ def test_progressive_needs_a_criterion_that_scores_one_block(tmp_path, capsys):
 def test_progressive_rivals_run_through_the_pipeline(tmp_path, kind):
     assert run(tmp_path, kind, f"importance.kind={kind}", "prune.scope=uniform") == 0
     info = json.loads((tmp_path / kind / "importance/importance.json").read_text())
-    assert info["mode"] == "progressive" and info["keep"] == [128] * 6
+    assert info["mode"] == "progressive" and info["keep"] == {"ffn": [128] * 6}
 
 
 def test_budget_kind_sets_widths_and_importance_kind_picks_neurons(tmp_path):
     assert run(tmp_path, "d", "prune.mode=oneshot", "importance.kind=taylor", "prune.scope=global",
                "prune.budget_kind=path_attribution") == 0
     info = json.loads((tmp_path / "d/importance/importance.json").read_text())
-    assert info["budget_kind"] == "path_attribution" and len(set(info["keep"])) > 1
+    assert info["budget_kind"] == "path_attribution" and len(set(info["keep"]["ffn"])) > 1
     # the same widths as path_attribution's own global allocation, the neurons Taylor's best in each block
     assert run(tmp_path, "e", "prune.mode=oneshot", "prune.scope=global") == 0
-    assert json.loads((tmp_path / "e/prune/prune.json").read_text())["widths"] == info["keep"]
-    scores = load_file(tmp_path / "d/importance/importance.safetensors")["scores"]
+    assert json.loads((tmp_path / "e/prune/prune.json").read_text())["widths"] == info["keep"]["ffn"]
+    scores = load_file(tmp_path / "d/importance/importance.safetensors")["ffn.scores"]
     kept = json.loads((tmp_path / "d/prune/structure.json").read_text())["kept"]
     for row, k in zip(scores, kept):
         assert set(k) == set(row.topk(len(k)).indices.tolist())

@@ -5,10 +5,13 @@ from safetensors.torch import load_file
 
 from conftest import tiny_vit, trained_tiny_vit
 from prune.errors import ConfigError
-from prune.importance import CRITERIA, ImportanceContext, activation_stats, get_criterion
+from prune.budget import PruneSettings
+from prune.criteria import CRITERIA, ImportanceContext, PathFrequency, PathTaylor, get_criterion
+from prune.gates import activation_stats
 from prune.models import ModelSpec
 from prune.paths import PathStats, locate_paths
-from prune.pruning import PruneSettings, count_params_macs, load_pruned, prune_ffn, save_pruned
+from prune.pruning import count_params_macs, load_pruned, prune_ffn, save_pruned
+from prune.units import FFN
 
 X = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
 Y = torch.tensor([0, 1, 2, 3, 4, 0])
@@ -19,7 +22,7 @@ def ctx_for(model):
     res = locate_paths(model, X, Y, steps=2, top_k=3, progress=False)
     stats = PathStats.empty(5, 4, 64, res.settings).update(res)
     batches = lambda: [(X[:3], Y[:3]), (X[3:], Y[3:])]  # noqa: E731
-    return ImportanceContext(model, stats, batches, activation_stats(model, batches()), X[:1], path_images=batches,
+    return ImportanceContext(model, stats, batches, {"ffn": activation_stats(model, FFN, batches())}, X[:1], path_images=batches,
                              steps=2)
 
 
@@ -27,7 +30,7 @@ def ctx_for(model):
 def test_every_criterion_scores_every_neuron_and_prunes(kind):
     model = trained_tiny_vit()
     ctx = ctx_for(model)
-    table = get_criterion(kind).scores(ctx)
+    table = get_criterion(kind).scores(ctx, FFN)
     assert table.shape == (4, 64) and torch.isfinite(table).all()
     kept = prune_ffn(model, table, PruneSettings(ratio=0.5), X[:1])
     for l, k in enumerate(kept):
@@ -69,7 +72,7 @@ def test_mean_compensation_is_exact_for_constant_neurons():
             b.mlp.fc1.weight[dead] = 0
             b.mlp.fc1.bias[dead] = torch.linspace(-1, 1, len(dead), dtype=torch.float64)
         ref = model(x)
-    stats = activation_stats(model, [(x, Y)])
+    stats = activation_stats(model, FFN, [(x, Y)])
     table = torch.ones(4, 64, dtype=torch.float64)
     table[:, dead] = 0
     prune_ffn(model, table, PruneSettings(ratio=0.5, compensate="mean"), x[:1], act_mean=stats["mean"])
@@ -90,7 +93,7 @@ def test_save_load_round_trip_and_plain_timm(tmp_path):
     model = trained_tiny_vit()
     spec = ModelSpec("vit_tiny_patch16_224", KW)
     kept = prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneSettings(ratio=0.5), X[:1])
-    save_pruned(model, tmp_path, spec, kept, [64] * 4)
+    save_pruned(model, tmp_path, spec, {"ffn": kept}, {"ffn": [64] * 4})
     back, structure = load_pruned(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(back(X), model(X))
@@ -118,28 +121,38 @@ def test_bad_settings():
 
 
 def test_path_frequency_ties_are_broken_by_path_jas_exactly():
-    from prune.importance import PathFrequency
-
     st = PathStats.empty(2, 1, 4, {"top_k": 1})
     st.counts[:] = torch.tensor([10, 10])
     # class-averaged frequencies 0.1+0.2 (neuron 0) and 0.3+0.0 (neuron 1) are equal; float sums are not
     st.freq[0, 0] = torch.tensor([1, 3, 0, 6], dtype=torch.int32)
     st.freq[1, 0] = torch.tensor([2, 0, 5, 3], dtype=torch.int32)
     st.score_norm_sum[:, 0] = torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # neuron 1 wins the tie
-    ranks = PathFrequency.scores(ImportanceContext(None, st))
+    ranks = PathFrequency().scores(ImportanceContext(None, st), FFN)
     assert ranks[0].argsort().tolist() == [0, 1, 2, 3]  # freq: 0.3, 0.3, 0.5, 0.9 ; tie 0 < 1 by path_jas
 
 
-def test_path_taylor_is_a_borda_count_of_taylor_and_path_frequency(monkeypatch):
-    from prune import importance as imp
+class Fixed:
+    """A stand-in criterion that returns a given table."""
 
+    def __init__(self, table):
+        self.table = table
+
+    def scores(self, ctx, unit):
+        return self.table
+
+
+def test_path_taylor_is_a_borda_count_of_taylor_and_path_frequency():
     taylor = torch.tensor([[0.4, 0.1, 0.3, 0.2], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
     freq = torch.tensor([[0.0, 3.0, 1.0, 2.0], [3.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
-    monkeypatch.setattr(imp.Taylor, "scores", staticmethod(lambda ctx: taylor))
-    monkeypatch.setattr(imp.PathFrequency, "scores", staticmethod(lambda ctx: freq))
-    order = imp.PathTaylor.scores(None).argsort(dim=1).tolist()  # least important first
+    crit = PathTaylor(taylor=Fixed(taylor), paths=Fixed(freq))
+    order = crit.scores(None, FFN).argsort(dim=1).tolist()  # least important first
     # block 0: taylor ranks [3,0,2,1] + freq ranks [0,3,1,2] = [3,3,3,3]: all tied, taylor decides
     # block 1: taylor ranks [0,1,2,3] + freq ranks [3,2,1,0] = [3,3,3,3]: tied again, taylor decides
     assert order == [[1, 3, 2, 0], [0, 1, 2, 3]]
     freq[0] = torch.tensor([3.0, 2.0, 1.0, 0.0])  # freq ranks [3,2,1,0] -> sums [6,2,3,1]
-    assert imp.PathTaylor.scores(None).argsort(dim=1)[0].tolist() == [3, 1, 2, 0]
+    assert crit.scores(None, FFN).argsort(dim=1)[0].tolist() == [3, 1, 2, 0]
+
+
+def test_the_registered_path_taylor_fuses_the_registered_taylor_and_path_frequency():
+    crit = CRITERIA["path_taylor"]
+    assert crit.taylor is CRITERIA["taylor"] and crit.paths is CRITERIA["path_frequency"]

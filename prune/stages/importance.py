@@ -1,11 +1,12 @@
-"""The importance stage: a score for every FFN neuron (`[L, D]`, higher = keep), one-shot or layer-progressive.
+"""The importance stage: a score for every unit of every kind in use (`[L, width]` each, higher = keep),
+one-shot or layer-progressive.
 
 One-shot (`prune.mode: oneshot`): the criterion scores every block of the dense model. Progressive:
-block l is scored on the model whose blocks < l already lost their lowest-scoring neurons
+block l is scored on the model whose blocks < l already lost their lowest-scoring units
 (`prune.progressive`). In progressive mode, and when `prune.budget_kind` names another criterion,
 this stage fixes the kept widths first (uniform, or with `prune.scope: global` from the budget
-criterion's one-shot table ranked across blocks) and saves them as `keep` beside the scores; the
-prune stage then removes, in each block, exactly the lowest-scoring neurons beyond its width.
+criterion's one-shot table ranked across blocks) and saves them as `<kind>.keep` beside the scores;
+the prune stage then removes, in each block, exactly the lowest-scoring units beyond its width.
 Progressive rows are checkpointed as they are scored, so an interrupted run resumes with the same
 masks.
 """
@@ -20,95 +21,121 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import dist
-from ..importance import ImportanceContext, activation_stats
+from ..budget import PruneSettings, kept_counts
+from ..criteria import ImportanceContext
+from ..gates import activation_stats
 from ..io import atomic_path, write_json
 from ..paths import PathStats
 from ..progressive import progressive_table
-from ..pruning import PruneSettings, kept_counts
+from .context import device
+
+NAME = "importance"
+DISTRIBUTED = True  # every process scores its share of the images and the sums are added up
+FILE = "importance.safetensors"  # `<kind>.scores`, `<kind>.act_mean`, `<kind>.act_abs_mean`, `<kind>.act_var`, `<kind>.keep`
 
 
-def build(p, out: Path) -> dict:
-    """Write `importance.safetensors` (scores, activation mean/abs-mean/variance, and `keep` when this
-    stage fixes the widths) and `importance.json`."""
-    from ..pipeline import device
+def inputs(ctx) -> dict:
+    r = ctx.r
+    inp = {**ctx.model_inputs(), "split": r.data.train_split, "importance": r.importance.model_dump(),
+           "units": [u.kind for u in ctx.units], "reads": ["paths"] if ctx.needs_paths else []}
+    if ctx.uses_path_images:
+        inp["paths"] = r.paths.model_dump(include={"images_per_class", "steps", "seed", "batch_size"})
+    if ctx.importance_fixes_widths:
+        inp["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
+                                                   "budget_kind"})
+    return inp
 
-    r, crit, budget = p.r, p.criterion, p.budget_criterion
-    model, data_cfg, _ = p.model()
+
+def build(ctx, out: Path) -> dict:
+    """Write `importance.safetensors` (per unit kind: scores, activation mean/abs-mean/variance, and `keep`
+    when this stage fixes the widths) and `importance.json`."""
+    r, crit, budget = ctx.r, ctx.criterion, ctx.budget_criterion
+    model, data_cfg, _ = ctx.model()
     model.to(device())
-    # under accelerate launch each process scores its share of the images and the sums are added up
-    loader = p.loader(r.data.train_split, data_cfg, r.importance.calibration_images, r.importance.seed, shard=True)
-    act = activation_stats(model, p.batches(loader, "calibration"), reduce=dist.reduce_sum)
+    loader = ctx.loader(r.data.train_split, data_cfg, r.importance.calibration_images, r.importance.seed, shard=True)
+    acts = {}
+    for unit in ctx.units:
+        acts[unit.kind] = activation_stats(model, unit, ctx.batches(loader, "calibration"), reduce=dist.reduce_sum)
     stats = None
-    if p.needs_paths:  # every class's statistics; with prune.classes only those classes', re-indexed
-        stats = PathStats.load(p.run_dir.path("paths") / "stats.safetensors")
-        if p.classes() is not None:
-            stats = stats.select(p.classes())
-    path_loader = p.path_loader(data_cfg, shard=True) if crit.uses_path_images or budget.uses_path_images else None
-    ctx = ImportanceContext(
-        model, stats, lambda: p.batches(loader, "taylor"), act, torch.randn(1, *data_cfg.input_size, device=device()),
-        r.importance.seed, path_images=(lambda: p.batches(path_loader, "paths")) if path_loader else None,
+    if ctx.needs_paths:  # every class's statistics; with prune.classes only those classes', re-indexed
+        stats = PathStats.load(ctx.run_dir.path("paths") / "stats.safetensors")
+        if ctx.classes() is not None:
+            stats = stats.select(ctx.classes())
+    path_loader = ctx.path_loader(data_cfg, shard=True) if ctx.uses_path_images else None
+    sctx = ImportanceContext(
+        model, stats, lambda: ctx.batches(loader, "taylor"), acts, torch.randn(1, *data_cfg.input_size, device=device()),
+        r.importance.seed, path_images=(lambda: ctx.batches(path_loader, "paths")) if path_loader else None,
         steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size,
-        progress=p.progress, reduce=dist.reduce_sum)
+        progress=ctx.progress, reduce=dist.reduce_sum)
     start = time.perf_counter()
-    ckpt = p.run_dir.root / ".checkpoints" / f"importance-{p.run_dir.keys['importance']}"
-    keep = _widths(p, ctx, ckpt) if p.importance_fixes_widths else None
-    if r.prune.mode == "progressive":
-        table = _progressive(p, ctx, keep, ckpt)
-    else:
-        table = crit.scores(ctx)
+    ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.keys[NAME]}"
+    tensors, keeps = {}, {}
+    for unit in ctx.units:
+        keep = _widths(ctx, sctx, unit, ckpt) if ctx.importance_fixes_widths else None
+        if r.prune.mode == "progressive":
+            table = _progressive(ctx, sctx, unit, keep, ckpt)
+        else:
+            table = crit.scores(sctx, unit)
+        table = table.double().cpu().clone()  # may alias an activation statistic
+        a = acts[unit.kind]
+        tensors.update({f"{unit.kind}.scores": table.contiguous(), f"{unit.kind}.act_mean": a["mean"],
+                        f"{unit.kind}.act_abs_mean": a["abs_mean"], f"{unit.kind}.act_var": a["var"]})
+        if keep is not None:
+            tensors[f"{unit.kind}.keep"] = torch.tensor(keep)
+            keeps[unit.kind] = keep
     dist.barrier()
     if dist.is_main():
         shutil.rmtree(ckpt, ignore_errors=True)
     seconds = time.perf_counter() - start
-    table = table.double().cpu().clone()  # may alias an activation statistic
-    extra = {} if keep is None else {"keep": torch.tensor(keep)}
-    info = {"kind": crit.name, "formula": crit.formula, "mode": r.prune.mode, "scoring_seconds": seconds,
-            "calibration_tokens": int(act["tokens"]), "processes": dist.world(),
+    info = {"kind": crit.name, "formula": crit.formula, "mode": r.prune.mode, "units": [u.kind for u in ctx.units],
+            "scoring_seconds": seconds, "calibration_tokens": int(acts[ctx.units[0].kind]["tokens"]),
+            "processes": dist.world(),
             "path_images": int(dist.reduce_sum(torch.tensor(len(path_loader.dataset)))) if path_loader else None,
-            "skipped_rows": sorted(set(dist.gather_lists(p.skipped.get("calibration", []))))}
-    if keep is not None:
-        info.update(keep=keep, budget_kind=budget.name)
+            "skipped_rows": sorted(set(dist.gather_lists(ctx.skipped.get("calibration", []))))}
+    if keeps:
+        info.update(keep=keeps, budget_kind=budget.name)
     if dist.is_main():
-        with atomic_path(out / "importance.safetensors") as tmp:
-            save_file({"scores": table.contiguous(), "act_mean": act["mean"], "act_abs_mean": act["abs_mean"],
-                       "act_var": act["var"], **extra}, str(tmp))
+        with atomic_path(out / FILE) as tmp:
+            save_file(tensors, str(tmp))
         write_json(out / "importance.json", info)
     return info
 
 
-def _widths(p, ctx: ImportanceContext, ckpt: Path) -> list[int]:
-    """Neurons each block keeps: uniform, or (scope global) the budget criterion's one-shot table ranked
+def _widths(ctx, sctx: ImportanceContext, unit, ckpt: Path) -> list[int]:
+    """Units each block keeps: uniform, or (scope global) the budget criterion's one-shot table ranked
     across blocks. The table is checkpointed, so a resumed progressive run does not score it again."""
-    pr = p.r.prune
+    pr = ctx.r.prune
     settings = PruneSettings(ratio=pr.ratio, scope=pr.scope, max_layer_ratio=pr.max_layer_ratio, round_to=pr.round_to)
-    widths = [f.out_features for f in ctx.fc1s]
+    widths = unit.widths(sctx.model)
     table = torch.zeros(len(widths), max(widths))
     if pr.scope == "global":
+        key = f"{unit.kind}.scores"
         if (ckpt / "budget.safetensors").is_file():
-            table = load_file(ckpt / "budget.safetensors")["scores"]
+            table = load_file(ckpt / "budget.safetensors")[key]
         else:
-            table = p.budget_criterion.scores(ctx).double().cpu()
+            table = ctx.budget_criterion.scores(sctx, unit).double().cpu()
             if dist.is_main():
                 ckpt.mkdir(parents=True, exist_ok=True)
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
-                    save_file({"scores": table.contiguous()}, str(tmp))
+                    save_file({key: table.contiguous()}, str(tmp))
     return kept_counts(table, widths, settings)
 
 
-def _progressive(p, ctx: ImportanceContext, keep: list[int], ckpt: Path) -> torch.Tensor:
+def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:
     """Block by block on the masked model; every finished row is checkpointed."""
     done = {}
-    if (ckpt / "rows.safetensors").is_file():
-        done = {int(k): v for k, v in load_file(ckpt / "rows.safetensors").items()}
-        p.log(f"[importance] resuming progressive scoring after block {max(done)}")
+    rows_file = ckpt / f"rows-{unit.kind}.safetensors"
+    if rows_file.is_file():
+        done = {int(k): v for k, v in load_file(rows_file).items()}
+        ctx.log(f"[importance] resuming progressive scoring after block {max(done)}")
 
     def checkpoint(t: int, row: torch.Tensor) -> None:
         done[t] = row
         if not dist.is_main():
             return
         ckpt.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt / "rows.safetensors") as tmp:
+        with atomic_path(rows_file) as tmp:
             save_file({str(k): v.contiguous() for k, v in done.items()}, str(tmp))
 
-    return progressive_table(ctx.model, lambda t: p.criterion.score_block(ctx, t), keep, done=done,
-                             on_block=checkpoint, progress=p.progress)
+    return progressive_table(sctx.model, unit, lambda t: ctx.criterion.score_block(sctx, unit, t), keep, done=done,
+                             on_block=checkpoint, progress=ctx.progress)

@@ -1,0 +1,23 @@
+"""Attribution criteria: gradients of log p(label) at each unit's gate (`prune.gates`), class-balanced."""
+
+from __future__ import annotations
+
+from ..gates import attribution_rows
+from .base import Criterion
+
+
+class Attribution(Criterion):
+    """`integrated=True`: integrated gradients over `ctx.steps` steps of scaling all of a block's units,
+    on the paths' class-balanced images. `integrated=False`: the first-order (alpha = 1) end of that
+    integral, on the calibration images."""
+
+    progressive = True
+
+    def __init__(self, name: str, integrated: bool, formula: str):
+        self.name, self.integrated, self.formula = name, integrated, formula
+        self.uses_path_images = integrated
+
+    def score_block(self, ctx, unit, block):
+        images = ctx.path_images if self.integrated else ctx.calibration
+        return attribution_rows(ctx.model, unit, images, ctx.num_classes, steps=ctx.steps if self.integrated else None,
+                                objective=ctx.objective, rows=ctx.rows, reduce=ctx.reduce)(block)

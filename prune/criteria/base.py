@@ -1,0 +1,110 @@
+"""The criterion protocol, what criteria may read, and the bridge that serves a score table to Torch-Pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..paths import PathStats
+from ..units import Unit
+
+
+def unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Bare parameters (CLS token, position embedding) live on the embedding axis, never pruned here."""
+    return [(p, -1) for n, p in model.named_parameters(recurse=False)]
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of a timm ViT."""
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                 unwrapped_parameters=unwrapped(model))
+
+
+@dataclass
+class ImportanceContext:
+    """What criteria may use: the model, path stats, calibration batches, activation statistics."""
+
+    model: nn.Module
+    stats: PathStats | None = None
+    calibration: Callable[[], object] | None = None  # returns an iterable of (images, labels, ...) batches
+    act_stats: dict[str, dict] | None = None  # unit kind -> `gates.activation_stats`: mean, abs_mean, var
+    example_inputs: torch.Tensor | None = None
+    seed: int = 0
+    path_images: Callable[[], object] | None = None  # class-balanced (images, labels, ...) batches of the paths
+    steps: int = 20  # integrated-gradient steps m
+    objective: str = "logprob"  # what attributions explain: log p(label) or p(label)
+    rows: int | None = None  # rows (images x steps) per forward, bounds memory
+    progress: bool = False
+    reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)  # sum over processes
+    _graph: object = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def graph(self) -> tp.DependencyGraph:
+        """Torch-Pruning's dependency graph of the model (built once)."""
+        if self._graph is None:
+            self._graph = dependency_graph(self.model, self.example_inputs)
+        return self._graph
+
+
+class Criterion:
+    """A scoring rule for units: `scores(ctx, unit)` gives the whole `[L, width]` table (higher = keep).
+    Criteria with `progressive = True` also score one block at a time (`score_block(ctx, unit, l)`,
+    `[width]`) on a model whose earlier blocks are pruned (masked), which `prune.mode: progressive`
+    needs. Options go to the constructor; the registry holds configured instances."""
+
+    name: str = ""
+    kinds: tuple[str, ...] = ("ffn",)  # unit kinds it can score
+    needs_paths: bool = False  # reads the paths stage (per-class path statistics)
+    uses_path_images: bool = False  # scores the paths' class-balanced images itself (paths.* settings)
+    progressive: bool = False
+    formula: str = ""
+
+    def scores(self, ctx: ImportanceContext, unit: Unit) -> torch.Tensor:  # [L, width]
+        if self.progressive:
+            blocks = tqdm(range(len(unit.widths(ctx.model))), desc=self.name, unit="block", disable=not ctx.progress)
+            return torch.stack([self.score_block(ctx, unit, l) for l in blocks])
+        raise NotImplementedError
+
+    def score_block(self, ctx: ImportanceContext, unit: Unit, block: int) -> torch.Tensor:  # [width]
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class TableImportance(tp.importance.Importance):
+    """Serve a precomputed `[L, width]` table to Torch-Pruning: the score of unit d of block l."""
+
+    def __init__(self, table: torch.Tensor, unit: Unit, model: nn.Module):
+        self.table = table
+        roots = [unit.root(model, l) for l in range(len(unit.widths(model)))]
+        self.layer_of = {id(m): l for l, (m, _) in enumerate(roots)}
+        self.fn = roots[0][1] if roots else None
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        for dep, idxs in group:
+            if id(dep.layer) in self.layer_of and dep.pruning_fn == self.fn:
+                l = self.layer_of[id(dep.layer)]
+                return self.table[l, torch.as_tensor(list(idxs))].double()  # float32 would merge near ties
+        return None  # not a group of these units: nothing to score
+
+
+def tp_table(ctx: ImportanceContext, unit: Unit, importance: tp.importance.Importance,
+             blocks: list[int] | None = None) -> torch.Tensor:
+    """Evaluate a Torch-Pruning importance on each block's whole group of units -> `[len(blocks), width]`."""
+    dg = ctx.graph()
+    widths = unit.widths(ctx.model)
+    rows = []
+    for l in range(len(widths)) if blocks is None else blocks:
+        group = unit.group(dg, ctx.model, l, list(range(widths[l])))
+        rows.append(importance(group).detach().cpu().double())
+    return torch.stack(rows)

@@ -1,0 +1,23 @@
+"""The baseline stage: accuracy of the dense model (shared by every pruning of it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import dist
+from ..io import write_json
+
+NAME = "baseline"
+DISTRIBUTED = True
+
+
+def inputs(ctx) -> dict:
+    return ctx.eval_inputs()
+
+
+def build(ctx, out: Path) -> dict:
+    dense, data_cfg, _ = ctx.model()
+    info = {"dense": ctx.accuracy(dense, data_cfg, "dense")}
+    if dist.is_main():
+        write_json(out / "metrics.json", info)
+    return info

@@ -1,0 +1,49 @@
+"""The bench stage: latency of the dense and the final model, PyTorch and onnxruntime, measured in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..artifacts import final_stage, shipped
+from ..bench import cuda_provider_available, measure, ort_runner, threads_info, torch_runner
+from ..io import write_json
+from ..pruning import load_pruned
+from . import export
+
+NAME = "bench"
+DISTRIBUTED = False
+
+
+def inputs(ctx) -> dict | None:
+    r = ctx.r
+    if not r.bench.enabled:
+        return None
+    reads = [final_stage(r.finetune.epochs)] + ([export.NAME] if r.export.enabled else [])
+    return {"bench": r.bench.model_dump(), "reads": reads}
+
+
+def build(ctx, out: Path) -> dict:
+    b = ctx.r.bench
+    if b.threads:
+        torch.set_num_threads(b.threads)
+    dense, data_cfg, _ = ctx.model()
+    models = {name: dense if a.stage is None else load_pruned(ctx.run_dir.path(a.stage))[0]
+              for name, a in shipped(ctx.r.finetune.epochs)}
+    latency = {}
+    if b.pytorch:
+        latency["pytorch"] = measure({name: torch_runner(m) for name, m in models.items()},
+                                     data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
+    if b.onnxruntime:
+        exp = ctx.run_dir.path(export.NAME)
+        engines = [("onnxruntime", "CPUExecutionProvider")]
+        if cuda_provider_available():
+            engines.append(("onnxruntime_cuda", "CUDAExecutionProvider"))
+        for engine, provider in engines:
+            latency[engine] = measure({name: ort_runner(exp / f"{name}.onnx", b.threads, provider) for name in models},
+                                      data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
+    info = {"latency": latency, "warmup": b.warmup, "repeats": b.repeats,
+            "threads": b.threads or torch.get_num_threads(), **threads_info()}
+    write_json(out / "bench.json", info)
+    return {"threads": info["threads"]}

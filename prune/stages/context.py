@@ -1,0 +1,175 @@
+"""The run context: what every stage of one run shares, loaded once (recipe, run directory, the dense
+model, dataset splits, classes) and the services stages call (loaders, batches, accuracy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Callable
+
+import torch
+
+from .. import dist
+from ..classes import class_names, resolve_classes, restrict_head
+from ..criteria import get_criterion
+from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
+from ..errors import DataError
+from ..finetune import evaluate
+from ..models import load_model, resolve_model_dir
+from ..recipe import Recipe
+from ..run import RunDir, fingerprint
+from ..units import FFN, Unit
+
+
+def device() -> torch.device:
+    """This process's device (its own GPU under `accelerate launch`)."""
+    return dist.device()
+
+
+class RunContext:
+    def __init__(self, recipe: Recipe, run_dir: RunDir, *, progress: bool, log: Callable[[str], None]):
+        self.r = recipe
+        self.run_dir = run_dir
+        self.progress = progress
+        self.log = log
+        self.units: list[Unit] = [FFN]  # the kinds of unit this run prunes
+        self.criterion = get_criterion(recipe.importance.kind)
+        self.budget_criterion = get_criterion(recipe.prune.budget_kind or recipe.importance.kind)
+        self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
+        self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
+        # the importance stage decides the widths when scoring depends on them, or another criterion sets them
+        self.importance_fixes_widths = (recipe.prune.mode == "progressive"
+                                        or self.budget_criterion is not self.criterion)
+        self.skipped: dict[str, list[int]] = {}
+        self.summary: dict | None = None  # the run's metrics, collected before the report
+        self._classes: list[int] | None = None
+        self._dense_num_classes: int | None = None
+        self._splits: dict[str, tuple] = {}
+
+    # ------------------------------------------------------------------------ what stage keys share
+    def model_inputs(self) -> dict:
+        """The model and the data it reads: what every stage that touches either depends on."""
+        r = self.r
+        model_dir = resolve_model_dir(r.model.name)
+        return {"model": r.model.model_dump(mode="json"),
+                "model_files": fingerprint(str(model_dir)) if model_dir else r.model.name,
+                "data": r.data.model_dump(include={"source", "image_column", "label_column", "skip_bad"}),
+                "data_files": fingerprint(r.data.source)}
+
+    def eval_inputs(self) -> dict:
+        return {**self.model_inputs(), "eval": self.r.data.model_dump(include={"eval_split", "eval_images"})}
+
+    # ------------------------------------------------------------------------------- model, data
+    def model(self):
+        """The dense model (restricted to `prune.classes` when set), its data config, and the spec that rebuilds it."""
+        m = self.r.model
+        model, data_cfg, spec = load_model(m.name, pretrained=m.pretrained, **m.kwargs)
+        self._dense_num_classes = model.num_classes
+        classes = self.classes()
+        if classes is not None:
+            restrict_head(model, classes)
+            spec = dataclasses.replace(spec, model_kwargs={**spec.model_kwargs, "num_classes": len(classes)})
+        return model, data_cfg, spec
+
+    def classes(self) -> list[int] | None:
+        """`prune.classes` as original class ids (None: every class)."""
+        if self.r.prune.classes is None:
+            return None
+        if self._classes is None:
+            ds, _, lab = self.split(self.r.data.train_split)
+            self._classes = resolve_classes(self.r.prune.classes, self.dense_num_classes, class_names(ds, lab))
+        return self._classes
+
+    @property
+    def dense_num_classes(self) -> int:
+        if self._dense_num_classes is None:
+            self.model()
+        return self._dense_num_classes
+
+    def split(self, split: str):
+        """A split of the recipe's dataset with its image and label column names (loaded once per run)."""
+        if split not in self._splits:
+            d = self.r.data
+            ds = load_split(d.source, split)
+            self._splits[split] = (ds, *find_columns(ds, d.image_column, d.label_column))
+        return self._splits[split]
+
+    def dataset(self, split: str, data_cfg, rows: list[int]) -> ImageDataset:
+        """`rows` of a split as model inputs; with `prune.classes`, labels re-indexed to the kept classes."""
+        d = self.r.data
+        ds, img, lab = self.split(split)
+        classes = self.classes()
+        label_map = None if classes is None else {c: i for i, c in enumerate(classes)}
+        return ImageDataset(ds, make_transform(data_cfg), img, lab, split, rows, self.dense_num_classes, d.skip_bad,
+                            label_map)
+
+    def rows(self, split: str) -> list[int]:
+        """Every row of a split, or with `prune.classes` the rows of those classes."""
+        ds, _, lab = self.split(split)
+        classes = self.classes()
+        if classes is None:
+            return list(range(len(ds)))
+        keep = set(classes)
+        return [i for i, y in enumerate(labels_of(ds, lab)) if y in keep]
+
+    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int, shard: bool = False):
+        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None); with
+        `shard`, only this process's share of them under `accelerate launch`."""
+        d = self.r.data
+        rows = self.rows(split)
+        if rows_wanted is not None and rows_wanted < len(rows):
+            rows = sorted(random.Random(seed).sample(rows, rows_wanted))
+        if not rows:
+            what = "" if self.classes() is None else f" for prune.classes {self.r.prune.classes}"
+            raise DataError(f"split {split!r} of {d.source} has no images{what}")
+        return self._loader(self.dataset(split, data_cfg, dist.shard(rows) if shard else rows))
+
+    def path_loader(self, data_cfg, shard: bool = False):
+        """The class-balanced images of the paths (`paths.images_per_class` of every class of the train split,
+        drawn with `paths.seed`): the same images discovery uses (only the kept classes' with `prune.classes`),
+        for criteria that score them themselves."""
+        d, p = self.r.data, self.r.paths
+        ds, _, lab = self.split(d.train_split)
+        rows = sample_per_class(labels_of(ds, lab), p.images_per_class, self.dense_num_classes, p.seed,
+                                split=d.train_split, allow_empty=d.skip_bad)
+        if self.classes() is not None:
+            rows = sorted(set(rows) & set(self.rows(d.train_split)))
+        return self._loader(self.dataset(d.train_split, data_cfg, dist.shard(rows) if shard else rows))
+
+    def _loader(self, dataset):
+        d = self.r.data
+        return torch.utils.data.DataLoader(dataset, batch_size=d.batch_size, num_workers=d.num_workers,
+                                           collate_fn=collate)
+
+    def batches(self, loader, key: str):
+        """Non-empty `(x, y)` batches on the device; bad rows are counted under `key`."""
+        dev = device()
+        for x, y, rows, bad in loader:
+            self.skipped.setdefault(key, []).extend(b.row for b in bad)
+            if len(y):
+                yield x.to(dev), y.to(dev)
+
+    # ------------------------------------------------------------------------------ measurements
+    def accuracy(self, model, data_cfg, name: str) -> dict:
+        """Top-1/top-5 on the evaluation images; under `accelerate launch` each process takes a share."""
+        r = self.r
+        loader = self.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0, shard=True)
+        model.to(device())
+        local = evaluate(model, self.batches(loader, "eval"), progress=self.progress)
+        counts = torch.tensor([round(local["top1"] * local["images"]), round(local["top5"] * local["images"]),
+                               local["images"]], dtype=torch.float64)
+        c1, c5, n = dist.reduce_sum(counts).tolist()
+        acc = {"top1": c1 / max(1, n), "top5": c5 / max(1, n), "images": int(n),
+               "skipped_rows": sorted(set(dist.gather_lists(self.skipped.pop("eval", []))))}
+        self.log(f"[evaluate] {name}: top1 {acc['top1']:.4f} top5 {acc['top5']:.4f} on {acc['images']} images")
+        return acc
+
+    def eval_images(self, data_cfg, n: int = 8) -> torch.Tensor:
+        """The first `n` prepared images of the evaluation rows (export's parity check)."""
+        loader = self.loader(self.r.data.eval_split, data_cfg, self.r.data.eval_images, seed=0)
+        xs = []
+        for x, _ in self.batches(loader, "export"):
+            xs.append(x.cpu())
+            if sum(len(t) for t in xs) >= n:
+                break
+        return torch.cat(xs)[:n]

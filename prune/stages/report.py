@@ -1,0 +1,65 @@
+"""The report stage: the run's metrics collected from every stage's files (`summary.json`), then
+`report/metrics.json`, `report.md` and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..artifacts import final_stage
+from ..report import write_report
+from ..run import stage_key
+from . import baseline, bench, evaluate, export, finetune, importance, paths, prune
+
+NAME = "report"
+DISTRIBUTED = False
+
+
+def inputs(ctx) -> dict:
+    r = ctx.r
+    ctx.summary = collect(ctx)
+    after = [final_stage(r.finetune.epochs)] + [s.NAME for s in (export, bench) if s.inputs(ctx) is not None]
+    return {"report": r.report.model_dump(), "reads": [evaluate.NAME, baseline.NAME, *after],
+            "metrics": stage_key(ctx.summary)}
+
+
+def build(ctx, out: Path) -> dict:
+    stats = ctx.run_dir.path(paths.NAME) / "stats.safetensors" if ctx.needs_paths else None
+    m = write_report(ctx.summary, out, stats, ctx.r.report.heatmap_classes)
+    ctx.log(f"[report] {len(m['plots'])} plots and report.md written")
+    return {"plots": m["plots"]}
+
+
+def collect(ctx) -> dict:
+    """Everything the run measured, from the stage files."""
+    rd, r = ctx.run_dir, ctx.r
+    read = lambda stage, f: json.loads((rd.path(stage) / f).read_text())  # noqa: E731
+    pr = read(prune.NAME, "prune.json")
+    metrics = {**read(baseline.NAME, "metrics.json"), **read(evaluate.NAME, "metrics.json")}
+    summary = {
+        "recipe": r.name, "model": r.model.name, "data": r.data.source,
+        "importance": r.importance.kind, "prune": r.prune.model_dump(),
+        "classes": read(prune.NAME, "structure.json").get("classes"),
+        "params": {"dense": pr["params_dense"], "pruned": pr["params_pruned"]},
+        "macs": {"dense": pr["macs_dense"], "pruned": pr["macs_pruned"]},
+        "ffn_widths": {"dense": pr["dense_widths"], "pruned": pr["widths"]},
+        "accuracy": {"dense": metrics["dense"], "pruned": metrics["pruned"]},
+        "skipped_rows": {"eval": sorted(set(metrics["dense"].pop("skipped_rows", [])
+                                            + metrics["pruned"].pop("skipped_rows", []))),
+                         "calibration": read(importance.NAME, "importance.json").get("skipped_rows", [])},
+    }
+    if ctx.needs_paths:
+        summary["paths"] = read(paths.NAME, "summary.json")
+        summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
+    if finetune.inputs(ctx) is not None:
+        ft = read(finetune.NAME, "metrics.json")
+        ft["finetuned"].pop("skipped_rows", None)
+        summary["accuracy"]["finetuned"] = ft.pop("finetuned")
+        summary["finetune"] = ft
+    if export.inputs(ctx) is not None:
+        summary["onnx"] = read(export.NAME, "export.json")
+    if bench.inputs(ctx) is not None:
+        b = read(bench.NAME, "bench.json")
+        summary["latency"] = b.pop("latency")
+        summary["bench"] = b
+    return summary

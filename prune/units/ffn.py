@@ -1,0 +1,55 @@
+"""FFN neurons: channel d of block l's `fc1 -> act -> fc2` (timm's `Mlp`).
+
+Removing neuron d deletes fc1's output row d and fc2's input column d; its activation `act(fc1(x))[..., d]`
+is where a gate multiplies it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Unit
+
+
+class FFNNeurons(Unit):
+    kind = "ffn"
+
+    def widths(self, model):
+        return [b.mlp.fc1.out_features for b in model.blocks]
+
+    def cost(self, model, tokens):
+        # fc1 row (in_features MACs) + fc2 column (out_features MACs), at every token
+        return [tokens * (b.mlp.fc1.in_features + b.mlp.fc2.out_features) for b in model.blocks]
+
+    def gate(self, model, block):
+        return model.blocks[block].mlp.act
+
+    def split(self, vit, block, x):
+        return vit.pre(block, x)
+
+    def join(self, vit, block, rest, h):
+        return vit.post(block, rest, h)
+
+    def parameters(self, model, block):
+        return list(model.blocks[block].mlp.parameters())
+
+    def root(self, model, block):
+        return model.blocks[block].mlp.fc1, tp.prune_linear_out_channels
+
+    def compensate(self, model, block, removed, mean):
+        fc2 = model.blocks[block].mlp.fc2
+        if fc2.bias is None:
+            raise ConfigError(f"block {block}: fc2 has no bias to fold compensation into")
+        idx = torch.as_tensor(removed)
+        with torch.no_grad():
+            shift = fc2.weight[:, idx].double() @ mean[idx].to(fc2.weight.device).double()
+            fc2.bias += shift.to(fc2.bias.dtype)
+
+    def resize(self, model, widths):
+        for block, width in zip(model.blocks, widths):
+            fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+            block.mlp.fc1 = nn.Linear(fc1.in_features, width, bias=fc1.bias is not None)
+            block.mlp.fc2 = nn.Linear(width, fc2.out_features, bias=fc2.bias is not None)

@@ -1,0 +1,101 @@
+"""The package's shape, checked from its sources: no import circles, and only the unit files and the
+model adapter know where a timm block keeps its FFN."""
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "prune"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the `prune` modules it imports, at any depth of its code (lazy imports inside functions
+    count: a circle through them still couples the modules)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                # `from pkg import sub` imports the submodule; any other name comes from pkg itself
+                candidates = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target
+                              for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            for c in candidates:
+                if c in modules and c != name:
+                    edges.add(c)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a list of modules, or None (depth-first search with colours)."""
+    colour, stack = {}, []
+
+    def visit(n):
+        colour[n] = "grey"
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if colour.get(m) == "grey":
+                return stack[stack.index(m):] + [m]
+            if m not in colour:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        colour[n] = "black"
+        return None
+
+    for n in sorted(graph):
+        if n not in colour:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_sees_relative_and_lazy_imports():
+    graph = import_graph()
+    assert "prune.units" in graph["prune.gates"]  # module level, relative
+    assert "prune.stages.importance" in graph["prune.stages.prune"]  # `from . import importance`
+    assert "prune.artifacts" in graph["prune.cli"]  # inside a function
+
+
+def test_no_import_circles_in_the_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_module_but_stages_and_the_pipeline_imports_a_stage():
+    for name, edges in import_graph().items():
+        if name.startswith("prune.stages") or name == "prune.pipeline":
+            continue
+        assert not any(e.startswith("prune.stages") for e in edges), f"{name} imports a stage"
+
+
+def test_only_the_units_and_the_adapter_name_the_ffn_layers():
+    allowed = {PACKAGE / "models.py"} | set((PACKAGE / "units").glob("*.py"))
+    offenders = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                 if p not in allowed and re.search(r"mlp\.(fc1|fc2|act)\b", p.read_text())]
+    assert not offenders, f"modules reaching into blocks[i].mlp directly: {offenders}"
