@@ -57,7 +57,18 @@ def final_model_dir(run: Path, recipe: dict | None = None) -> Path:
     recipe = run_recipe(run) if recipe is None else recipe
     stage = final_stage(int((recipe.get("finetune") or {}).get("epochs", 0)))
     path = run / stage
-    if not (path / "structure.json").is_file():
-        what = "fine-tuned" if stage == "finetune" else "pruned"
-        raise ConfigError(f"run directory {run} has no {what} model yet ({stage}/structure.json); run its recipe first")
+    what = "fine-tuned" if stage == "finetune" else "pruned"
+    if not (path / "stage.json").is_file():
+        raise ConfigError(f"run directory {run} has no {what} model yet ({stage}/ is not complete); run its recipe first")
+    import json
+
+    from .run import damage
+
+    try:
+        problem = damage(path, json.loads((path / "stage.json").read_text()).get("files"))
+    except (OSError, ValueError):
+        problem = f"{stage}/stage.json is damaged"
+    if problem is not None:
+        raise ConfigError(f"run directory {run}: its {what} model cannot be trusted ({problem}); "
+                          "rerun its recipe to rebuild it")
     return path

@@ -25,17 +25,29 @@ STAGES = tuple(s.NAME for s in PIPELINE)
 class Pipeline:
     def __init__(self, recipe: Recipe, out: str | Path, *, update: bool = False, progress: bool = True, log=print):
         log = log if dist.is_main() else (lambda msg: None)  # one voice under accelerate launch
-        self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)
-        self.ctx = RunContext(recipe, self.run_dir, progress=progress and dist.is_main(), log=log)
+        self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)  # takes the lock
+        try:
+            self.ctx = RunContext(recipe, self.run_dir, progress=progress and dist.is_main(), log=log)
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, force: set[str] = frozenset()) -> dict:
-        """Build (or reuse) every stage the recipe asks for; returns the run's summary (also `summary.json`)."""
-        for stage in PIPELINE:
-            inputs = stage.inputs(self.ctx)
-            if inputs is None:
-                continue
-            if stage is report and dist.is_main():
-                write_json(self.run_dir.root / "summary.json", self.ctx.summary)
-            self.run_dir.run(stage.NAME, inputs, partial(stage.build, self.ctx), force=stage.NAME in force,
-                             distributed=stage.DISTRIBUTED)
-        return self.ctx.summary
+        """Build (or reuse) every stage the recipe asks for; returns the run's summary (also `summary.json`).
+        The run directory's lock is released at the end, whatever happens."""
+        try:
+            for stage in PIPELINE:
+                inputs = stage.inputs(self.ctx)
+                if inputs is None:
+                    continue
+                if stage is report and dist.is_main():
+                    write_json(self.run_dir.root / "summary.json", self.ctx.summary)
+                self.run_dir.run(stage.NAME, inputs, partial(stage.build, self.ctx), force=stage.NAME in force,
+                                 distributed=stage.DISTRIBUTED)
+            return self.ctx.summary
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run directory (also done by `run`)."""
+        self.run_dir.close()

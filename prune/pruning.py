@@ -109,16 +109,37 @@ def structure_kept(structure: dict) -> tuple[dict[str, list[list[int]]], dict[st
 def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a pruned model from `save_pruned`'s files, without unpickling anything."""
     import timm
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     sfile = path / "structure.json"
     if not sfile.is_file():
         raise ConfigError(f"{path} is not a pruned-model directory (no structure.json)")
-    structure = json.loads(sfile.read_text())
-    if structure.get("format") != FORMAT:
-        raise ConfigError(f"{sfile} has format {structure.get('format')!r}, expected {FORMAT}")
-    model = timm.create_model(structure["architecture"], pretrained=False, **structure["model_kwargs"])
-    FFN.resize(model, structure["widths"])
-    model.load_state_dict(load_file(path / "model.safetensors"), strict=True)
+    try:
+        structure = json.loads(sfile.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{sfile} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                          "rebuild it (rerun the recipe) or restore it") from None
+    if not isinstance(structure, dict) or structure.get("format") != FORMAT:
+        got = structure.get("format") if isinstance(structure, dict) else type(structure).__name__
+        raise ConfigError(f"{sfile} has format {got!r}, expected {FORMAT}")
+    try:
+        model = timm.create_model(structure["architecture"], pretrained=False, **structure["model_kwargs"])
+        FFN.resize(model, structure["widths"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{sfile} does not describe a model prune can rebuild ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]})") from None
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
+                          "it may be truncated: rebuild it (rerun the recipe) or restore it") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = next((l.strip() for l in str(e).splitlines() if "size mismatch" in l or "Missing" in l),
+                      str(e).splitlines()[0])
+        raise ConfigError(f"{weights} does not fit {sfile.name}: {detail[:200]}") from None
     return model.eval(), structure

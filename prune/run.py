@@ -1,21 +1,28 @@
 """The run directory: the resolved recipe, one sub-directory per stage, stage reuse and atomic output.
 
-A stage's key is a hash of its settings and of the keys of the stages it reads, so a stage whose
-inputs are unchanged is reused (an interrupted run resumes where it stopped), and a change
+A stage's key is a hash of its settings and of the build ids of the stages it reads, so a stage
+whose inputs are unchanged is reused (an interrupted run resumes where it stopped), and a change
 upstream reruns everything downstream. A stage is built in a hidden temporary directory and
-renamed into place only when complete.
+renamed into place only when complete, with a record of every file it wrote (size and SHA-256);
+reuse verifies that record first, so a damaged stage is rebuilt rather than trusted. One run at a
+time writes a directory: the run holds an OS file lock (`filelock`) that the kernel drops when the
+process dies, so a killed run never blocks the next.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
 
 from . import __version__, dist
@@ -46,6 +53,46 @@ def fingerprint(spec: str) -> list | str:
     return spec
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(stage_dir: Path) -> dict[str, dict]:
+    """What a stage wrote: `{relative path: {size, sha256}}` of every file but its stage.json."""
+    return {str(f.relative_to(stage_dir)): {"size": f.stat().st_size, "sha256": sha256(f)}
+            for f in sorted(stage_dir.rglob("*")) if f.is_file() and f.name != "stage.json"}
+
+
+def damage(stage_dir: Path, record: dict | None) -> str | None:
+    """Why a finished stage's files do not match its record (None: they do). Sizes first, then hashes."""
+    if record is None:
+        return "has no record of its files (made by an older prune)"
+    for rel, want in record.items():
+        f = stage_dir / rel
+        name = f"{stage_dir.name}/{rel}"
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{name} is {size:,} bytes, {want['size']:,} when written"
+    for rel, want in record.items():
+        if sha256(stage_dir / rel) != want["sha256"]:
+            return f"{stage_dir.name}/{rel} has changed since it was written (SHA-256 differs)"
+    return None
+
+
+LOCK, HOLDER = ".lock", ".lock.holder"  # in the run directory
+
+
+def _own(name: str) -> bool:
+    """Files a starting run writes before recipe.yaml: they do not make a directory "not a run directory"."""
+    return name in (LOCK, HOLDER) or (name.startswith((f"{HOLDER}.", ".recipe.yaml.")) and name.endswith(".tmp"))
+
+
 def stage_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -58,25 +105,79 @@ class RunDir:
         self.log = log
         self.keys: dict[str, str] = {}
         self.builds: dict[str, str] = {}  # the build id each stage has now (reused or new)
+        self._lock = None
         existing = self.root / "recipe.yaml"
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} is a file; give a directory")
-        if existing.is_file():
-            old = yaml.safe_load(existing.read_text()) or {}
-            if old != recipe and not update:
-                a, b = _flatten(old), _flatten(recipe)
-                diff = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "recipe")
-                raise ConfigError(
-                    f"run directory {self.root} was made by a different recipe ({diff}: {a.get(diff)!r} -> "
-                    f"{b.get(diff)!r}); use another --out, or --update to rerun only the stages that change")
-        elif self.root.exists() and any(self.root.iterdir()):
+        if (not existing.is_file() and self.root.exists()
+                and any(not _own(f.name) for f in self.root.iterdir())):
             raise ConfigError(f"{self.root} exists and is not a prune run directory; choose another --out")
-        dist.barrier()  # every process has checked the directory before the main one writes to it
-        if dist.is_main():  # under accelerate launch only the main process writes run files
+        self._take_lock()
+        try:
+            if existing.is_file():
+                self._check_recipe(existing, recipe, update)
+            dist.barrier()  # every process has checked the directory before the main one writes to it
+            if dist.is_main():  # under accelerate launch only the main process writes run files
+                with atomic_path(existing) as tmp:
+                    tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
+            dist.barrier()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_recipe(self, existing: Path, recipe: dict, update: bool) -> None:
+        try:
+            old = yaml.safe_load(existing.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            if update:
+                return
+            raise ConfigError(f"{existing} is damaged ({type(e).__name__}); rerun with --update to rewrite it "
+                              "(unchanged stages are still reused), or use another --out") from None
+        if old != recipe and not update:
+            a, b = _flatten(old) if isinstance(old, dict) else {}, _flatten(recipe)
+            diff = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "recipe")
+            raise ConfigError(
+                f"run directory {self.root} was made by a different recipe ({diff}: {a.get(diff)!r} -> "
+                f"{b.get(diff)!r}); use another --out, or --update to rerun only the stages that change")
+
+    def _take_lock(self) -> None:
+        """One writer per directory: the main process takes the lock (the other processes of one
+        `accelerate launch` belong to the same run); every process learns whether it got it."""
+        from filelock import FileLock, Timeout
+
+        got = 0.0
+        if dist.is_main():
             self.root.mkdir(parents=True, exist_ok=True)
-            with atomic_path(existing) as tmp:
-                tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        dist.barrier()
+            lock = FileLock(str(self.root / LOCK), timeout=0, thread_local=False)
+            try:
+                lock.acquire()
+            except Timeout:
+                pass
+            else:
+                self._lock = lock
+                got = 1.0
+                write_json(self.root / HOLDER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                "command": " ".join(["prune", *sys.argv[1:]])})
+        if dist.reduce_sum(torch.tensor([got], dtype=torch.float64)).item() < 1:
+            raise ConfigError(f"run directory {self.root} is in use by another prune run ({self._holder()}); "
+                              "wait for it to finish, or give another --out")
+
+    def _holder(self) -> str:
+        for _ in range(10):  # the holder writes its note just after taking the lock
+            try:
+                h = json.loads((self.root / HOLDER).read_text())
+                return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.05)
+        return "holder unknown"
+
+    def close(self) -> None:
+        """Release the directory (the end of the run); safe to call twice."""
+        if self._lock is not None:
+            (self.root / HOLDER).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
 
     def path(self, stage: str) -> Path:
         return self.root / stage
@@ -97,11 +198,20 @@ class RunDir:
         final = self.path(stage)
         meta = final / "stage.json"
         if not force and meta.is_file():
-            done = json.loads(meta.read_text())
+            try:
+                done = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                done = {}
+                self.log(f"[{stage}] {stage}/stage.json is damaged; rebuilding it and the stages that read it")
             if done.get("key") == key:
-                self.builds[stage] = done.get("build", key)
-                self.log(f"[{stage}] unchanged, reusing {final}")
-                return final
+                problem = damage(final, done.get("files"))
+                if problem is None:
+                    self.builds[stage] = done.get("build", key)
+                    self.log(f"[{stage}] unchanged, reusing {final}")
+                    return final
+                self.log(f"[{stage}] {problem}; rebuilding it and the stages that read it")
+        elif not force and final.exists():
+            self.log(f"[{stage}] {stage}/stage.json is missing (an unfinished or damaged stage); rebuilding it")
         tmp = self.root / f".{stage}.tmp"
         main = dist.is_main()
         if main:
@@ -115,7 +225,8 @@ class RunDir:
             dist.barrier()
             if main:
                 write_json(tmp / "stage.json", {"stage": stage, "key": key, "build": uuid.uuid4().hex[:16],
-                                                "seconds": time.perf_counter() - start, "inputs": inputs, **info})
+                                                "seconds": time.perf_counter() - start, "inputs": inputs,
+                                                "files": file_record(tmp), **info})
                 old = self.root / f".{stage}.old"
                 shutil.rmtree(old, ignore_errors=True)
                 if final.exists():

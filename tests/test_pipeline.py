@@ -80,12 +80,12 @@ def test_rerun_reuses_and_update_reruns_only_downstream(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
-    import prune.pipeline as pipeline
+    import prune.stages.prune as prune_stage
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "prune_ffn", boom)
+    monkeypatch.setattr(prune_stage, "prune_units", boom)
     assert run(tmp_path) == 130
     root = tmp_path / "run"
     assert (root / "paths/stage.json").is_file() and (root / "importance/stage.json").is_file()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import final_stage
+from ..artifacts import artifacts, final_stage, shipped
 from ..report import write_report
 from ..run import stage_key
 from . import baseline, bench, evaluate, export, finetune, importance, paths, prune
@@ -62,4 +62,25 @@ def collect(ctx) -> dict:
         b = read(bench.NAME, "bench.json")
         summary["latency"] = b.pop("latency")
         summary["bench"] = b
+    summary["measured_on"] = measured_on(ctx, summary)
     return summary
+
+
+def measured_on(ctx, summary: dict) -> dict:
+    """The file (path in the run directory and its SHA-256 from the stage's record) behind every figure."""
+    rd, r = ctx.run_dir, ctx.r
+
+    def ref(stage: str | None, name: str):
+        if stage is None:
+            return r.model.name  # the recipe's own model (a timm name or a model directory)
+        files = json.loads((rd.path(stage) / "stage.json").read_text()).get("files", {})
+        return {"path": f"{stage}/{name}", "sha256": files.get(name, {}).get("sha256")}
+
+    out = {"accuracy": {a.name: ref(a.stage, "model.safetensors") for a in artifacts(r.finetune.epochs)}}
+    models = {name: ref(a.stage, "model.safetensors") for name, a in shipped(r.finetune.epochs)}
+    if "onnx" in summary:
+        out["onnx"] = {name: ref(export.NAME, f"{name}.onnx") for name in summary["onnx"]}
+    if "latency" in summary:
+        out["latency"] = {engine: (models if engine == "pytorch" else out.get("onnx", {}))
+                          for engine in summary["latency"]}
+    return out
