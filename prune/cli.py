@@ -263,8 +263,11 @@ def _run_recipe(args) -> int:
 
 def _print_summary(s: dict, out: str) -> None:
     acc, params, macs = s["accuracy"], s["params"], s["macs"]
-    cols = [c for c in ("dense", "pruned", "finetuned") if c in acc]
-    struct = {"dense": "dense", "pruned": "pruned", "finetuned": "pruned"}
+    from .report import run_artifacts
+
+    arts = run_artifacts(s)
+    cols = [a.name for a in arts]
+    struct = {a.name: a.structure for a in arts}
     rows = [("", *cols),
             ("top-1", *(f"{acc[c]['top1']:.4f}" for c in cols)),
             ("top-5", *(f"{acc[c]['top5']:.4f}" for c in cols)),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .artifacts import Artifact, artifacts
 from .io import atomic_path, write_json
+
+
+def run_artifacts(m: dict) -> list[Artifact]:
+    """The artifacts a run's summary has figures for (dense, pruned, and fine-tuned when it was)."""
+    return artifacts(1 if "finetuned" in m["accuracy"] else 0)
 
 
 def _fmt(v, spec):
@@ -13,7 +19,7 @@ def _fmt(v, spec):
 
 def render_markdown(m: dict) -> str:
     """A person's view of `metrics.json`: dense vs pruned vs fine-tuned."""
-    rows = [r for r in ("dense", "pruned", "finetuned") if r in m["accuracy"]]
+    rows = run_artifacts(m)
     lat = m.get("latency", {})
     lines = [f"# {m['recipe']}: {m['importance']} importance, {m['prune']['ratio']:.0%} of FFN neurons removed", "",
              f"Model `{m['model']}` on `{m['data']}`; prune scope {m['prune']['scope']}, compensation "
@@ -22,8 +28,8 @@ def render_markdown(m: dict) -> str:
     engines = [(eng, b) for eng in ("onnxruntime", "onnxruntime_cuda", "pytorch") if eng in lat for b in lat[eng]["dense"]]
     header += [f"{eng} b{b} ms" for eng, b in engines] + [f"{eng} b{b} speed-up" for eng, b in engines]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        struct = "dense" if r == "dense" else "pruned"
+    for a in rows:
+        r, struct = a.name, a.structure
         acc = m["accuracy"][r]
         cells = [r, _fmt(acc["top1"], ".4f"), _fmt(acc["top5"], ".4f"), f"{m['params'][struct]:,}", f"{m['macs'][struct]:,}"]
         ms = [lat[eng][struct][b]["median_ms"] for eng, b in engines]
@@ -73,10 +79,9 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
     if eng:
         b = sorted(lat[eng]["dense"], key=int)[0]
         fig, ax = plt.subplots(figsize=(5, 4))
-        for name in ("dense", "pruned", "finetuned"):
-            if name in m["accuracy"]:
-                x = lat[eng]["dense" if name == "dense" else "pruned"][b]["median_ms"]
-                ax.scatter([x], [m["accuracy"][name]["top1"] * 100], s=60, label=name)
+        for a in run_artifacts(m):
+            x = lat[eng][a.structure][b]["median_ms"]
+            ax.scatter([x], [m["accuracy"][a.name]["top1"] * 100], s=60, label=a.name)
         ax.set_xlabel(f"{eng} latency, batch {b} (ms, median)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title("accuracy vs latency")

@@ -39,7 +39,8 @@ def test_quickstart_writes_every_stage_and_a_consistent_summary(tmp_path, capsys
     assert metrics["dense"]["images"] == 120 and metrics["dense"]["top1"] > 0.9  # the shipped digits model
     model, structure = load_pruned(root / "prune")
     assert [b.mlp.fc1.out_features for b in model.blocks] == [128] * 6
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    # no temp dirs left; only the run's lock file, released (its holder note removed)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".lock"]
     assert "top-1" in capsys.readouterr().out
 
 
@@ -89,7 +90,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
     assert run(tmp_path) == 130
     root = tmp_path / "run"
     assert (root / "paths/stage.json").is_file() and (root / "importance/stage.json").is_file()
-    assert not (root / "prune").exists() and not [p for p in root.iterdir() if p.name.startswith(".")]
+    assert not (root / "prune").exists() and [p.name for p in root.iterdir() if p.name.startswith(".")] == [".lock"]
     monkeypatch.undo()
     capsys.readouterr()
     assert run(tmp_path) == 0
