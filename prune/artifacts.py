@@ -58,8 +58,9 @@ def final_model_dir(run: Path, recipe: dict | None = None) -> Path:
     stage = final_stage(int((recipe.get("finetune") or {}).get("epochs", 0)))
     path = run / stage
     what = "fine-tuned" if stage == "finetune" else "pruned"
-    if not (path / "stage.json").is_file():
-        raise ConfigError(f"run directory {run} has no {what} model yet ({stage}/ is not complete); run its recipe first")
+    for s, w in (("prune", "pruned"), (stage, what)):  # an unpruned run first says so
+        if not (run / s / "stage.json").is_file():
+            raise ConfigError(f"run directory {run} has no {w} model yet ({s}/ is not complete); run its recipe first")
     import json
 
     from .run import damage
