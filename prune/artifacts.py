@@ -8,10 +8,12 @@ fine-tune stage is missing is incomplete, not a pruned run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .run import damage
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ def artifacts(finetune_epochs: int) -> list[Artifact]:
 def shipped(finetune_epochs: int) -> list[tuple[str, Artifact]]:
     """What export and bench deploy: `(onnx name, artifact)` for the dense model and the final one.
     The final model's file is `pruned.onnx` whether or not it was fine-tuned."""
-    final = artifacts(finetune_epochs)[-1]
-    return [("dense", artifacts(finetune_epochs)[0]), ("pruned", final)]
+    every = artifacts(finetune_epochs)
+    return [("dense", every[0]), ("pruned", every[-1])]
 
 
 def run_recipe(run: Path) -> dict:
@@ -61,10 +63,6 @@ def final_model_dir(run: Path, recipe: dict | None = None) -> Path:
     for s, w in (("prune", "pruned"), (stage, what)):  # an unpruned run first says so
         if not (run / s / "stage.json").is_file():
             raise ConfigError(f"run directory {run} has no {w} model yet ({s}/ is not complete); run its recipe first")
-    import json
-
-    from .run import damage
-
     try:
         problem = damage(path, json.loads((path / "stage.json").read_text()).get("files"))
     except (OSError, ValueError):

@@ -61,7 +61,6 @@ class Criterion:
     needs. Options go to the constructor; the registry holds configured instances."""
 
     name: str = ""
-    kinds: tuple[str, ...] = ("ffn",)  # unit kinds it can score
     needs_paths: bool = False  # reads the paths stage (per-class path statistics)
     uses_path_images: bool = False  # scores the paths' class-balanced images itself (paths.* settings)
     progressive: bool = False

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import final_stage, shipped
+from ..artifacts import final_stage
 from ..bench import cuda_provider_available, measure, ort_runner, threads_info, torch_runner
 from ..io import write_json
-from ..pruning import load_pruned
 from . import export
 
 NAME = "bench"
@@ -28,9 +27,7 @@ def build(ctx, out: Path) -> dict:
     b = ctx.r.bench
     if b.threads:
         torch.set_num_threads(b.threads)
-    dense, data_cfg, _ = ctx.model()
-    models = {name: dense if a.stage is None else load_pruned(ctx.run_dir.path(a.stage))[0]
-              for name, a in shipped(ctx.r.finetune.epochs)}
+    data_cfg, models = ctx.shipped_models()
     latency = {}
     if b.pytorch:
         latency["pytorch"] = measure({name: torch_runner(m) for name, m in models.items()},

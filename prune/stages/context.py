@@ -1,8 +1,10 @@
 """The run context: what every stage of one run shares, loaded once (recipe, run directory, the dense
-model, dataset splits, classes) and the services stages call (loaders, batches, accuracy)."""
+model, dataset splits, classes) and the services stages call (loaders, batches, accuracy, the models
+a run ships)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 from typing import Callable
@@ -14,8 +16,10 @@ from ..classes import class_names, resolve_classes, restrict_head
 from ..criteria import get_criterion
 from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..errors import DataError
+from ..artifacts import shipped
 from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
+from ..pruning import load_pruned
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
 from ..units import FFN, Unit
@@ -43,7 +47,7 @@ class RunContext:
         self.skipped: dict[str, list[int]] = {}
         self.summary: dict | None = None  # the run's metrics, collected before the report
         self._classes: list[int] | None = None
-        self._dense_num_classes: int | None = None
+        self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------------ what stage keys share
@@ -60,16 +64,29 @@ class RunContext:
         return {**self.model_inputs(), "eval": self.r.data.model_dump(include={"eval_split", "eval_images"})}
 
     # ------------------------------------------------------------------------------- model, data
+    def _loaded(self):
+        if self._dense is None:
+            m = self.r.model
+            self._dense = load_model(m.name, pretrained=m.pretrained, **m.kwargs)
+        return self._dense
+
     def model(self):
-        """The dense model (restricted to `prune.classes` when set), its data config, and the spec that rebuilds it."""
-        m = self.r.model
-        model, data_cfg, spec = load_model(m.name, pretrained=m.pretrained, **m.kwargs)
-        self._dense_num_classes = model.num_classes
+        """The dense model (restricted to `prune.classes` when set), its data config, and the spec that rebuilds it.
+        Loaded once per run; every call returns a fresh copy, since stages prune and move it."""
+        model, data_cfg, spec = self._loaded()
+        model = copy.deepcopy(model)
         classes = self.classes()
         if classes is not None:
             restrict_head(model, classes)
             spec = dataclasses.replace(spec, model_kwargs={**spec.model_kwargs, "num_classes": len(classes)})
         return model, data_cfg, spec
+
+    def shipped_models(self):
+        """The data config and `{onnx name: model}` of what the run deploys: the dense model and the final one
+        (`artifacts.shipped`)."""
+        dense, data_cfg, _ = self.model()
+        return data_cfg, {name: dense if a.stage is None else load_pruned(self.run_dir.path(a.stage))[0]
+                          for name, a in shipped(self.r.finetune.epochs)}
 
     def classes(self) -> list[int] | None:
         """`prune.classes` as original class ids (None: every class)."""
@@ -82,9 +99,7 @@ class RunContext:
 
     @property
     def dense_num_classes(self) -> int:
-        if self._dense_num_classes is None:
-            self.model()
-        return self._dense_num_classes
+        return int(self._loaded()[0].num_classes)
 
     def split(self, split: str):
         """A split of the recipe's dataset with its image and label column names (loaded once per run)."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import final_stage, shipped
+from ..artifacts import final_stage
 from ..export import export_checked
 from ..io import write_json
-from ..pruning import load_pruned
 
 NAME = "export"
 DISTRIBUTED = False
@@ -23,13 +22,12 @@ def inputs(ctx) -> dict | None:
 
 def build(ctx, out: Path) -> dict:
     e = ctx.r.export
-    dense, data_cfg, _ = ctx.model()
+    data_cfg, models = ctx.shipped_models()
     images = ctx.eval_images(data_cfg)
     classes = ctx.classes()
     metadata = None if classes is None else {"prune.classes": json.dumps(classes)}
     info = {}
-    for name, artifact in shipped(ctx.r.finetune.epochs):
-        model = dense if artifact.stage is None else load_pruned(ctx.run_dir.path(artifact.stage))[0]
+    for name, model in models.items():
         meta = export_checked(model.cpu(), images, out / f"{name}.onnx", opset=e.opset, atol=e.atol, metadata=metadata)
         meta["path"] = f"{name}.onnx"
         info[name] = meta

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from ..budget import PruneSettings
 from ..io import write_json
 from ..pruning import count_params_macs, prune_units, save_pruned
+from ..units import FFN
 from . import importance
 
 NAME = "prune"
@@ -37,7 +38,7 @@ def build(ctx, out: Path) -> dict:
                               keep=keep)
     params1, macs1 = count_params_macs(model, example)
     save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes())
-    ffn = "ffn"
+    ffn = FFN.kind  # prune.json and the summary still describe FFN widths
     info = {"params_dense": params0, "params_pruned": params1, "macs_dense": macs0, "macs_pruned": macs1,
             "dense_widths": dense_widths[ffn], "widths": [len(k) for k in kept[ffn]],
             "ffn_neurons_removed": 1 - sum(len(k) for k in kept[ffn]) / sum(dense_widths[ffn])}

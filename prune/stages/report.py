@@ -18,7 +18,7 @@ DISTRIBUTED = False
 def inputs(ctx) -> dict:
     r = ctx.r
     ctx.summary = collect(ctx)
-    after = [final_stage(r.finetune.epochs)] + [s.NAME for s in (export, bench) if s.inputs(ctx) is not None]
+    after = [final_stage(r.finetune.epochs)] + [s.NAME for s, on in ((export, r.export.enabled), (bench, r.bench.enabled)) if on]
     return {"report": r.report.model_dump(), "reads": [evaluate.NAME, baseline.NAME, *after],
             "metrics": stage_key(ctx.summary)}
 
@@ -51,14 +51,14 @@ def collect(ctx) -> dict:
     if ctx.needs_paths:
         summary["paths"] = read(paths.NAME, "summary.json")
         summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
-    if finetune.inputs(ctx) is not None:
+    if r.finetune.epochs > 0:
         ft = read(finetune.NAME, "metrics.json")
         ft["finetuned"].pop("skipped_rows", None)
         summary["accuracy"]["finetuned"] = ft.pop("finetuned")
         summary["finetune"] = ft
-    if export.inputs(ctx) is not None:
+    if r.export.enabled:
         summary["onnx"] = read(export.NAME, "export.json")
-    if bench.inputs(ctx) is not None:
+    if r.bench.enabled:
         b = read(bench.NAME, "bench.json")
         summary["latency"] = b.pop("latency")
         summary["bench"] = b
