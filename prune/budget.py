@@ -1,8 +1,10 @@
 """Budgets: how many units each block keeps, and which ones.
 
-`kept_counts` turns a score table into per-block widths (uniform, or one ranking across blocks with a
-per-block cap); `kept_indices` picks a block's survivors. Progressive scoring masks with the same
-rule the prune stage cuts with, so both always agree.
+`kept_counts` turns one kind's score table into per-block widths (uniform, or one ranking across
+blocks with a per-block cap); `allocate_macs` ranks every unit of every kind by score per MAC and
+removes the cheapest-to-lose until a share of the dense model's MACs is gone; `kept_indices` picks a
+block's survivors. Progressive scoring masks with the same rule the prune stage cuts with, so both
+always agree.
 """
 
 from __future__ import annotations
@@ -19,12 +21,89 @@ from .errors import ConfigError
 class PruneSettings:
     ratio: float = 0.5  # fraction of units removed
     scope: str = "uniform"  # "uniform": the same ratio in every block; "global": one ranking across blocks
-    max_layer_ratio: float = 0.9  # global: no block loses more than this fraction
-    round_to: int | None = None  # kept widths are multiples of this
+    max_layer_ratio: float | dict[str, float] = 0.9  # global: no block loses more than this fraction (per kind)
+    round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind)
     compensate: str = "none"  # "mean": fold removed units' mean output into the next layer's bias
+    macs_ratio: float | None = None  # share of the dense model's MACs to remove, across all kinds (replaces ratio)
+    min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: every block loses at least this fraction (per kind)
+
+    def cap(self, kind: str) -> float:
+        return per_kind(self.max_layer_ratio, kind, 0.9)
+
+    def floor(self, kind: str) -> float:
+        return per_kind(self.min_layer_ratio, kind, 0.0)
 
 
-def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings) -> list[int]:
+def per_kind(value: float | dict[str, float], kind: str, default: float) -> float:
+    """A setting given once for every kind, or per kind (`{ffn: 0.9, heads: 1.0}`; a kind not named: default)."""
+    return float(value.get(kind, default)) if isinstance(value, dict) else float(value)
+
+
+def removable(width: int, cap: float, floor: float) -> tuple[int, int]:
+    """(least, most) units a block of `width` may lose under a floor and a cap on the fraction removed."""
+    return min(width, math.ceil(width * floor - 1e-9)), max(0, min(width, math.floor(width * cap + 1e-9)))
+
+
+def max_removable_macs(widths: dict[str, list[int]], costs: dict[str, list[int]], settings: PruneSettings) -> int:
+    """The most MACs the caps let `allocate_macs` remove (for checking a target before any work)."""
+    return sum(removable(w, settings.cap(k), settings.floor(k))[1] * c
+               for k in widths for w, c in zip(widths[k], costs[k]))
+
+
+def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]], costs: dict[str, list[int]],
+                  target: int, settings: PruneSettings, dense_macs: int | None = None) -> dict[str, list[int]]:
+    """Units each block keeps, per kind, so that at least `target` MACs are removed.
+
+    Every block first loses its floor (`min_layer_ratio`, its lowest-scoring units); then all remaining
+    units of all kinds are ranked by |score| / cost (nats per MAC: what a unit's removal costs the
+    objective per MAC it saves) and removed from the lowest until the target is met, no block losing
+    more than its cap (`max_layer_ratio`). A cap of 1 lets a block lose every unit of a kind (the
+    branch becomes its bias). Within a block the order is its score order, the rule `kept_indices` cuts by.
+    """
+    if target > max_removable_macs(widths, costs, settings):
+        raise ConfigError(unreachable_macs(settings, widths, costs, target, dense_macs))
+    removed_macs = 0
+    kept = {k: list(w) for k, w in widths.items()}
+    entries = []  # (score per MAC, kind, block) of every unit beyond the floors, in each block's score order
+    for k in widths:
+        for l, w in enumerate(widths[k]):
+            lo, hi = removable(w, settings.cap(k), settings.floor(k))
+            row = tables[k][l, :w].double()
+            order = row.argsort(stable=True).tolist()  # ascending: the first ones go first
+            kept[k][l] -= lo
+            removed_macs += lo * costs[k][l]
+            cost = max(1, costs[k][l])
+            entries += [(row[i].item() / cost, rank, k, l) for rank, i in enumerate(order[lo:hi], start=lo)]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    for score, _, k, l in entries:
+        if removed_macs >= target:
+            break
+        kept[k][l] -= 1
+        removed_macs += costs[k][l]
+    return {k: rounded(kept[k], widths[k], settings, k) for k in kept}
+
+
+def rounded(kept: list[int], widths: list[int], settings: PruneSettings, kind: str) -> list[int]:
+    """Kept widths rounded up to multiples of `round_to` (for this kind; an emptied block stays empty)."""
+    r = settings.round_to.get(kind) if isinstance(settings.round_to, dict) else settings.round_to
+    if not r:
+        return list(kept)
+    return [min(w, math.ceil(n / r) * r) for n, w in zip(kept, widths)]
+
+
+def unreachable_macs(settings: PruneSettings, widths, costs, target: int, dense_macs: int | None = None) -> str:
+    """The one-line error for a MACs target the caps cannot reach, with the largest target they can."""
+    total_units = sum(w * c for k in widths for w, c in zip(widths[k], costs[k]))
+    most = max_removable_macs(widths, costs, settings)
+    dense = dense_macs or target / (settings.macs_ratio or 1.0)
+    reach = most / dense
+    return (f"prune.macs_ratio {settings.macs_ratio} is unreachable: the units pruned ({', '.join(widths)}) hold "
+            f"{total_units / dense:.3f} of the dense model's MACs and the caps (prune.max_layer_ratio) let "
+            f"{reach:.3f} go; lower prune.macs_ratio to {math.floor(reach * 1000) / 1000}, raise "
+            "prune.max_layer_ratio (1.0 lets a block lose every unit of a kind), or add a kind to prune.units")
+
+
+def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings, kind: str = "ffn") -> list[int]:
     """How many units each block keeps.
 
     uniform: round(D * (1 - ratio)) per block. global: the lowest-scoring units across all blocks
@@ -35,11 +114,10 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings)
     if settings.scope == "uniform":
         kept = [max(1, round(w * (1 - settings.ratio))) for w in widths]
     elif settings.scope == "global":
-        floor = [max(1, math.ceil(w * (1 - settings.max_layer_ratio) - 1e-9)) for w in widths]
+        floor = [max(1, math.ceil(w * (1 - settings.cap(kind)) - 1e-9)) for w in widths]
         to_remove = round(sum(widths) * settings.ratio)
         if to_remove > sum(widths) - sum(floor):
-            raise ConfigError(f"prune.ratio {settings.ratio} is unreachable with prune.max_layer_ratio "
-                              f"{settings.max_layer_ratio}: raise max_layer_ratio to at least the ratio")
+            raise ConfigError(unreachable_ratio(settings, widths, kind))
         kept = list(widths)
         order = torch.cat([table[l, :w].double() for l, w in enumerate(widths)]).argsort(stable=True)
         layer_of = torch.cat([torch.full((w,), l) for l, w in enumerate(widths)])
@@ -52,10 +130,19 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings)
                 to_remove -= 1
     else:
         raise ConfigError(f"prune.scope must be 'uniform' or 'global', not {settings.scope!r}")
-    if settings.round_to:
-        r = settings.round_to
-        kept = [min(w, math.ceil(k / r) * r) for k, w in zip(kept, widths)]
-    return kept
+    return rounded(kept, widths, settings, kind)
+
+
+def unreachable_ratio(settings: PruneSettings, widths: list[int], kind: str) -> str:
+    """The one-line error for a ratio the per-block cap cannot reach, with the cap that would reach it."""
+    floor = [max(1, math.ceil(w * (1 - settings.cap(kind)) - 1e-9)) for w in widths]
+    most = (sum(widths) - sum(floor)) / sum(widths)
+    need = next((c / 1000 for c in range(1, 1000) if sum(widths) - sum(
+        max(1, math.ceil(w * (1 - c / 1000) - 1e-9)) for w in widths) >= round(sum(widths) * settings.ratio)), None)
+    fix = f"raise prune.max_layer_ratio to {need}" if need else "lower prune.ratio"
+    return (f"prune.ratio {settings.ratio} is unreachable with prune.max_layer_ratio {settings.cap(kind)}: every "
+            f"block keeps at least one {kind} unit and at least {1 - settings.cap(kind):.3g} of its units, so at most "
+            f"{most:.4f} can go; {fix}, or lower prune.ratio to {math.floor(most * 1000) / 1000}")
 
 
 def kept_indices(scores: torch.Tensor, keep: int) -> list[int]:

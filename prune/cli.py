@@ -276,12 +276,18 @@ def _print_summary(s: dict, out: str) -> None:
     for eng, lat in s.get("latency", {}).items():
         for b in lat["dense"]:
             rows.append((f"{eng} b{b} ms", *(f"{lat[struct[c]][b]['median_ms']:.2f}" for c in cols)))
-    print(f"\n{s['recipe']}: {s['importance']} importance, {s['prune']['ratio']:.0%} of FFN neurons removed "
+    from .report import describe_target
+
+    print(f"\n{s['recipe']}: {s['importance']} importance, {describe_target(s)} "
           f"({s['prune']['scope']}, compensate={s['prune']['compensate']})")
     if s.get("classes") is not None:
         print(f"  specialised to classes {s['classes']} (original ids; accuracy on their test images only)")
     for name, *vals in rows:
         print(f"  {name:20s}" + "".join(f"{v:>14s}" for v in vals))
+    rec = (s.get("finetune") or {}).get("recovery")
+    if rec:
+        print(f"  recovery on {rec['holdout_images']} held-out images: one-shot {rec['oneshot']:.4f}, best "
+              f"{rec['best']:.4f} (epoch {rec['best_epoch']}), last {rec['last']:.4f}; kept the best")
     print(f"run directory: {out} (summary.json, report/report.md, one directory per stage)")
 
 

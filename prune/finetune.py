@@ -119,12 +119,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[
 # ------------------------------------------------------------------------------------- the loop
 def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, teacher=None,
           checkpoint_dir: str | Path | None = None, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+          on_epoch_end: Callable[[int, dict], None] | None = None, keep_best: bool = False) -> list[dict]:
     """Train `model` on `(image, label, ...)` samples; returns per-epoch metrics.
 
     With `teacher` and `cfg.distill_alpha > 0` the loss is
     `(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`. With `checkpoint_dir`, the state
     after each epoch is saved there and an existing checkpoint is resumed from.
+    With `keep_best` (needs `eval_set`, a held-out slice) the model is evaluated before training (row
+    `epoch: 0`, the starting weights) and after every epoch, and ends with the weights of the best
+    evaluation, the starting ones included (a later epoch replaces them only when strictly better), so
+    training never hands back a model worse on the held-out slice than the one it was given.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -169,6 +173,29 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
     use_kd = teacher is not None and cfg.distill_alpha > 0
+    if keep_best and eval_loader is None:
+        raise ConfigError("keep_best needs an evaluation set (the held-out slice)")
+    best_dir = Path(checkpoint_dir) / "best" if checkpoint_dir else None
+    best_state = None
+
+    def remember(row: dict) -> None:
+        """Keep the weights when `row` beats every earlier evaluation."""
+        nonlocal best_state
+        earlier = [h["eval_top1"] for h in history if h is not row and "eval_top1" in h]
+        if earlier and row["eval_top1"] <= max(earlier):
+            return
+        best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        if best_dir is not None and accelerator.is_main_process:
+            from safetensors.torch import save_file
+
+            best_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in best_state.items()}, str(best_dir / "model.tmp"))
+            (best_dir / "model.tmp").replace(best_dir / "model.safetensors")
+
+    if keep_best and start_epoch == 0:
+        row = {"epoch": 0, **{f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()}}
+        history.append(row)
+        remember(row)
     for epoch in range(start_epoch, cfg.epochs):
         set_seed(cfg.seed + epoch)  # data order, drop-path: identical whether or not the run was resumed
         order.manual_seed(cfg.seed + epoch)
@@ -210,9 +237,29 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
         if eval_loader is not None:
             row.update({f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()})
         history.append(row)
+        if keep_best:
+            remember(row)
+            accelerator.wait_for_everyone()
         if ckpt is not None and accelerator.is_main_process:
             save_checkpoint(ckpt, accelerator.unwrap_model(model), opt, sched, epoch + 1, history)
         accelerator.wait_for_everyone()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
+    if keep_best:
+        if best_state is None:  # resumed: the best so far was written before the interruption
+            from safetensors.torch import load_file
+
+            best_state = load_file(best_dir / "model.safetensors")
+        accelerator.unwrap_model(model).load_state_dict(best_state)
     return history
+
+
+def recovery_summary(history: list[dict]) -> dict:
+    """One-shot (before training), best and last held-out top-1 of a `keep_best` history, and which epoch won."""
+    evals = [h for h in history if "eval_top1" in h]
+    best = evals[0]
+    for h in evals[1:]:
+        if h["eval_top1"] > best["eval_top1"]:
+            best = h
+    return {"oneshot": evals[0]["eval_top1"], "best": best["eval_top1"], "last": evals[-1]["eval_top1"],
+            "best_epoch": best["epoch"], "holdout_images": evals[0]["eval_images"]}

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, UnsupportedModelError
+from .units.base import is_empty
 
 ASSETS = Path(__file__).parent / "assets"
 EMBEDDED_MODELS = {"digits-vit": ASSETS / "digits_vit"}
@@ -162,6 +163,8 @@ class ViTAdapter:
                 "prune supports timm ViT/DeiT models whose blocks have mlp.fc1/act/fc2")
         for i, blk in enumerate(model.blocks):
             miss = [p for p in _BLOCK_PARTS if not hasattr(blk, p)]
+            if is_empty(getattr(blk, "mlp", None)):  # every neuron removed: the branch is fc2's bias
+                continue
             miss += [f"mlp.{p}" for p in _MLP_PARTS if not hasattr(getattr(blk, "mlp", None), p)]
             if miss:
                 raise UnsupportedModelError(
@@ -181,7 +184,7 @@ class ViTAdapter:
 
     def widths(self) -> list[int]:
         """FFN hidden width (number of neurons) of each block."""
-        return [b.mlp.fc1.out_features for b in self.blocks]
+        return [0 if is_empty(b.mlp) else b.mlp.fc1.out_features for b in self.blocks]
 
     @property
     def reads_cls(self) -> bool:
@@ -212,12 +215,20 @@ class ViTAdapter:
 
     def pre(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.blocks[i]
-        x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
+        return self.pre_mlp(i, x + b.drop_path1(b.ls1(b.attn(b.norm1(x)))))
+
+    def pre_mlp(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the residual stream after block i's attention to its FFN neurons: `(x, h)`."""
+        b = self.blocks[i]
+        if is_empty(b.mlp):
+            return x, x.new_zeros(*x.shape[:-1], 0)
         return x, b.mlp.act(b.mlp.fc1(b.norm2(x)))
 
     def post(self, i: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         b = self.blocks[i]
         mlp = b.mlp
+        if is_empty(mlp):
+            return x + b.drop_path2(b.ls2(mlp(x)))
         return x + b.drop_path2(b.ls2(mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(h))))))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class Pipeline:
         self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)  # takes the lock
         try:
             self.ctx = RunContext(recipe, self.run_dir, progress=progress and dist.is_main(), log=log)
+            self.ctx.check()  # before any stage: nothing is written for a target that cannot be met
         except BaseException:
             self.close()
             raise

@@ -7,20 +7,21 @@ at the unit's own layer, so nothing outside the units' layers changes shape.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .budget import PruneSettings, kept_counts, kept_indices
-from .criteria import TableImportance, dependency_graph
+from .budget import PruneSettings, allocate_macs, kept_counts, kept_indices, max_removable_macs, unreachable_macs
+from .criteria import dependency_graph
 from .errors import ConfigError
 from .io import atomic_path, write_json
 from .models import ModelSpec
-from .units import FFN, Unit
+from .units import FFN, UNITS, Unit
 
-FORMAT = "prune.PrunedViT/1"
+FORMAT = "prune.PrunedViT/2"  # kept units per kind; /1 (FFN neurons only) still loads
+FORMATS = ("prune.PrunedViT/1", FORMAT)
 
 
 def prune_units(model: nn.Module, unit: Unit, table: torch.Tensor, settings: PruneSettings,
@@ -28,7 +29,7 @@ def prune_units(model: nn.Module, unit: Unit, table: torch.Tensor, settings: Pru
                 keep: list[int] | None = None) -> list[list[int]]:
     """Remove the lowest-scoring units of one kind from `model` in place; return the kept indices per block.
 
-    table: `[L, width]` scores (higher = keep), served through `TableImportance`. keep: units each
+    table: `[L, width]` scores (higher = keep). keep: units each
     block keeps (default: `kept_counts` of the table; progressive scoring fixes them itself). act_mean:
     `[L, width]` mean unit output over calibration tokens, needed for `compensate="mean"`
     (`Unit.compensate`: exact for a unit whose output is constant).
@@ -40,23 +41,60 @@ def prune_units(model: nn.Module, unit: Unit, table: torch.Tensor, settings: Pru
     if settings.compensate == "mean" and act_mean is None:
         raise ConfigError("compensate='mean' needs the calibration activation means")
     widths = unit.widths(model)
-    importance = TableImportance(table, unit, model)
     graph = dependency_graph(model, example_inputs)
-    kept_idx = []
-    for l, k in enumerate(keep or kept_counts(table, widths, settings)):
+    kept_idx, emptied = [], []
+    for l, k in enumerate(keep if keep is not None else kept_counts(table, widths, settings)):
         everything = list(range(widths[l]))
-        scores = importance(unit.group(graph, model, l, everything))
-        kept_idx.append(kept_indices(scores, k))
+        kept_idx.append(kept_indices(table[l, :widths[l]].double(), k) if k else [])
         removed = sorted(set(everything) - set(kept_idx[-1]))
         if not removed:
             continue
         if settings.compensate == "mean":
             unit.compensate(model, l, removed, act_mean[l])
+        if k == 0:  # the branch becomes its bias, after every Torch-Pruning group (they share one graph)
+            emptied.append(l)
+            continue
         group = unit.group(graph, model, l, removed)
         if not graph.check_pruning_group(group):
             raise ConfigError(f"block {l}: Torch-Pruning refused to remove {len(removed)} of {widths[l]} {unit.kind} units")
         group.prune()
+        unit.after_prune(model, l, k)
+    for l in emptied:
+        unit.empty(model, l)
     return kept_idx
+
+
+def tokens(model: nn.Module) -> int:
+    """Tokens every block sees: patches plus prefix (CLS, registers) tokens."""
+    return int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 0))
+
+
+def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: PruneSettings,
+              example_inputs: torch.Tensor) -> dict[str, list[int]]:
+    """Units each block keeps, per kind: `kept_counts` of each kind's table (`prune.ratio`), or with
+    `macs_ratio` one ranking of every kind by score per MAC (`allocate_macs`) until that share of the
+    dense model's MACs (`count_params_macs`) is removed."""
+    widths = {u.kind: u.widths(model) for u in units}
+    if settings.macs_ratio is None:
+        return {u.kind: kept_counts(tables[u.kind], widths[u.kind], settings, u.kind) for u in units}
+    costs = {u.kind: u.cost(model, tokens(model)) for u in units}
+    _, dense = count_params_macs(model, example_inputs)
+    return allocate_macs(tables, widths, costs, math.ceil(settings.macs_ratio * dense), settings, dense)
+
+
+def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor) -> None:
+    """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
+    reachable under the caps does not depend on the scores."""
+    widths = {u.kind: u.widths(model) for u in units}
+    if settings.macs_ratio is None:
+        for u in units:
+            kept_counts(torch.zeros(len(widths[u.kind]), max(widths[u.kind])), widths[u.kind], settings, u.kind)
+        return
+    costs = {u.kind: u.cost(model, tokens(model)) for u in units}
+    _, dense = count_params_macs(model, example_inputs)
+    target = math.ceil(settings.macs_ratio * dense)
+    if target > max_removable_macs(widths, costs, settings):
+        raise ConfigError(unreachable_macs(settings, widths, costs, target, dense))
 
 
 def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, example_inputs: torch.Tensor,
@@ -66,44 +104,84 @@ def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, ex
 
 
 def count_params_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """Parameters and MACs of one forward (Torch-Pruning's counter)."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    return int(params), int(macs)
+    """Parameters and multiply-accumulates of one forward of `example_inputs`: every Linear and Conv2d, and
+    the attention matmuls (q k^T and attn v, tokens^2 x heads x head_dim each) of every module with `qkv`
+    and `num_heads`; element-wise work (norms, activations, softmax) is not counted. Exact per unit:
+    an FFN neuron costs tokens x (in + out), a head tokens x head_dim x (4 x dim + 2 x tokens)
+    (`Unit.cost`). Torch-Pruning's counter is not used because it counts a head-pruned timm attention's
+    output projection as square."""
+    macs = [0]
+
+    def linear(mod, inp, out):
+        macs[0] += inp[0].numel() // inp[0].shape[-1] * mod.in_features * mod.out_features
+
+    def conv(mod, inp, out):
+        k = mod.weight[0].numel()  # in_channels / groups x kernel area
+        macs[0] += out.numel() * k
+
+    def attention(mod, inp, out):
+        x = inp[0]
+        macs[0] += 2 * x.numel() // x.shape[-1] * x.shape[-2] * mod.num_heads * mod.head_dim
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
+        elif hasattr(m, "qkv") and hasattr(m, "num_heads") and hasattr(m, "head_dim"):
+            hooks.append(m.register_forward_hook(attention))
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(p.numel() for p in model.parameters()), int(macs[0])
 
 
 # ------------------------------------------------------------------------------------ save / load
 def save_pruned(model: nn.Module, out_dir: str | Path, spec: ModelSpec, kept: dict[str, list[list[int]]],
                 dense_widths: dict[str, list[int]], data_config: dict | None = None,
                 classes: list[int] | None = None) -> None:
-    """`model.safetensors` + `structure.json` (base architecture, kwargs, kept units per kind and block, and for
-    a class-specialised model `classes`: the original class id of each output)."""
+    """`model.safetensors` + `structure.json` (base architecture, kwargs, per unit kind the dense widths, the
+    widths and kept unit indices of every block (width 0: the branch is its bias), and for a
+    class-specialised model `classes`: the original class id of each output)."""
     from safetensors.torch import save_file
 
-    if set(kept) != {FFN.kind}:
-        raise ConfigError(f"structure format {FORMAT} holds FFN neurons only, not {sorted(kept)}")
+    unknown = sorted(set(kept) - set(UNITS))
+    if unknown:
+        raise ConfigError(f"unknown unit kinds {unknown}; structure format {FORMAT} knows {', '.join(UNITS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ffn_kept = kept[FFN.kind]
-    widths = [len(k) for k in ffn_kept]
     embed_dim = int(model.embed_dim)
-    structure = {
-        "format": FORMAT, "architecture": spec.architecture, "model_kwargs": spec.model_kwargs,
-        "embed_dim": embed_dim, "dense_widths": list(dense_widths[FFN.kind]), "widths": widths, "kept": ffn_kept,
-        "data_config": data_config or {},
-    }
+    units = {kind: {"dense_widths": list(dense_widths[kind]), "widths": [len(k) for k in idx], "kept": idx}
+             for kind, idx in kept.items()}
+    structure = {"format": FORMAT, "architecture": spec.architecture, "model_kwargs": spec.model_kwargs,
+                 "embed_dim": embed_dim, "units": units, "data_config": data_config or {}}
     if classes is not None:
         structure["classes"] = list(classes)
-    if len(set(widths)) == 1 and int(embed_dim * (widths[0] / embed_dim)) == widths[0]:
-        structure["timm_mlp_ratio"] = widths[0] / embed_dim  # uniform: plain timm can rebuild it
+    ffn = units.get(FFN.kind, {}).get("widths")
+    heads_untouched = all(u["widths"] == u["dense_widths"] for k, u in units.items() if k != FFN.kind)
+    if ffn and heads_untouched and len(set(ffn)) == 1 and ffn[0] and int(embed_dim * (ffn[0] / embed_dim)) == ffn[0]:
+        structure["timm_mlp_ratio"] = ffn[0] / embed_dim  # uniform FFN, nothing else pruned: plain timm rebuilds it
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     write_json(out / "structure.json", structure)
 
 
+def structure_units(structure: dict) -> dict[str, dict]:
+    """`{kind: {"dense_widths", "widths", "kept"}}` of a `structure.json` of either format."""
+    if structure.get("format") == FORMATS[0]:  # v1: FFN neurons only, at the top level
+        return {FFN.kind: {k: structure[k] for k in ("dense_widths", "widths", "kept")}}
+    return structure["units"]
+
+
 def structure_kept(structure: dict) -> tuple[dict[str, list[list[int]]], dict[str, list[int]]]:
     """The kept units and dense widths of a `structure.json`, keyed by unit kind."""
-    return {FFN.kind: structure["kept"]}, {FFN.kind: structure["dense_widths"]}
+    units = structure_units(structure)
+    return {k: u["kept"] for k, u in units.items()}, {k: u["dense_widths"] for k, u in units.items()}
 
 
 def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
@@ -121,12 +199,13 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{sfile} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                           "rebuild it (rerun the recipe) or restore it") from None
-    if not isinstance(structure, dict) or structure.get("format") != FORMAT:
+    if not isinstance(structure, dict) or structure.get("format") not in FORMATS:
         got = structure.get("format") if isinstance(structure, dict) else type(structure).__name__
-        raise ConfigError(f"{sfile} has format {got!r}, expected {FORMAT}")
+        raise ConfigError(f"{sfile} has format {got!r}, expected one of {', '.join(FORMATS)}")
     try:
         model = timm.create_model(structure["architecture"], pretrained=False, **structure["model_kwargs"])
-        FFN.resize(model, structure["widths"])
+        for kind, u in structure_units(structure).items():
+            UNITS[kind].resize(model, u["widths"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{sfile} does not describe a model prune can rebuild ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120]})") from None

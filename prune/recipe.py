@@ -62,15 +62,75 @@ class ImportanceCfg(_Section):
         return v
 
 
+def _share(v, what: str, low_open: bool = True):
+    """A fraction in (0, 1] (or [0, 1) for floors), given once or per unit kind."""
+    from .units import UNITS
+
+    values = v.items() if isinstance(v, dict) else [(None, v)]
+    for kind, x in values:
+        if kind is not None and kind not in UNITS:
+            raise ValueError(f"unknown unit kind {kind!r}; choose from {', '.join(UNITS)}")
+        if not ((0 < x <= 1) if low_open else (0 <= x < 1)):
+            raise ValueError(f"{what} must be in {'(0, 1]' if low_open else '[0, 1)'}, not {x}")
+    return v
+
+
 class PruneCfg(_Section):
-    ratio: float = Field(0.5, gt=0, lt=1)  # fraction of FFN neurons removed
+    units: list[str] = Field(default_factory=lambda: ["ffn"])  # what is pruned: ffn (neurons), heads (attention heads)
+    ratio: float = Field(0.5, gt=0, lt=1)  # fraction of each pruned kind's units removed
+    macs_ratio: float | None = Field(None, gt=0, lt=1)  # share of the dense model's MACs to remove (replaces ratio)
     scope: Literal["uniform", "global"] = "global"  # the criterion's scores decide each block's width
-    max_layer_ratio: float = Field(0.9, gt=0, lt=1)  # global: cap per block
-    round_to: int | None = Field(None, ge=1)
+    max_layer_ratio: float | dict[str, float] = 0.9  # global: most of a block's units of a kind that may go (1: all)
+    min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: least of a block's units of a kind that must go
+    round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind: {ffn: 64})
     compensate: Literal["none", "mean"] = "none"
     mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
     budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
     classes: list[int | str] | None = None  # specialise: keep only these classes (indices or names)
+
+    @field_validator("units")
+    @classmethod
+    def _known_units(cls, v):
+        from .units import UNITS
+
+        if not v:
+            raise ValueError(f"name one or more unit kinds to prune: {', '.join(UNITS)}")
+        for k in v:
+            if k not in UNITS:
+                raise ValueError(f"unknown unit kind {k!r}; choose from {', '.join(UNITS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a unit kind is listed twice")
+        return v
+
+    @field_validator("max_layer_ratio")
+    @classmethod
+    def _cap(cls, v):
+        return _share(v, "max_layer_ratio")
+
+    @field_validator("min_layer_ratio")
+    @classmethod
+    def _floor(cls, v):
+        return _share(v, "min_layer_ratio", low_open=False)
+
+    @field_validator("round_to")
+    @classmethod
+    def _round(cls, v):
+        from .units import UNITS
+
+        for kind, x in (v.items() if isinstance(v, dict) else [(None, v)]):
+            if kind is not None and kind not in UNITS:
+                raise ValueError(f"unknown unit kind {kind!r}; choose from {', '.join(UNITS)}")
+            if x is not None and x < 1:
+                raise ValueError(f"round_to must be 1 or more, not {x}")
+        return v
+
+    def settings(self):
+        """The pruner's settings (`budget.PruneSettings`)."""
+        from .budget import PruneSettings
+
+        return PruneSettings(ratio=self.ratio, scope=self.scope, max_layer_ratio=self.max_layer_ratio,
+                             round_to=self.round_to, compensate=self.compensate, macs_ratio=self.macs_ratio,
+                             min_layer_ratio=self.min_layer_ratio)
 
     @field_validator("budget_kind")
     @classmethod
@@ -97,7 +157,8 @@ class FinetuneCfg(_Section):
     grad_clip: float = Field(1.0, ge=0)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    train_images: int | None = Field(None, ge=1)  # None: the whole train split
+    train_images: int | None = Field(None, ge=1)  # None: the whole train split (less the held-out slice)
+    holdout: float = Field(0.05, ge=0, lt=0.5)  # share of the train split held out to pick the best weights (0: last)
     distill: DistillCfg | None = None  # from the dense model
     seed: int = 0
 
@@ -144,9 +205,21 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.prune.scope == "global" and self.prune.max_layer_ratio < self.prune.ratio:
-            raise ValueError(f"prune.max_layer_ratio {self.prune.max_layer_ratio} < prune.ratio {self.prune.ratio}: "
+        p = self.prune
+        caps = p.max_layer_ratio if isinstance(p.max_layer_ratio, dict) else {k: p.max_layer_ratio for k in p.units}
+        for key, value in (("max_layer_ratio", p.max_layer_ratio), ("min_layer_ratio", p.min_layer_ratio),
+                           ("round_to", p.round_to)):
+            extra = sorted(set(value) - set(p.units)) if isinstance(value, dict) else []
+            if extra:
+                raise ValueError(f"prune.{key} names {', '.join(extra)}, which prune.units {p.units} does not prune")
+        if p.macs_ratio is None and p.scope == "global" and min(caps.get(k, 0.9) for k in p.units) < p.ratio:
+            raise ValueError(f"prune.max_layer_ratio {p.max_layer_ratio} < prune.ratio {p.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
+        if p.macs_ratio is not None and p.scope != "global":
+            raise ValueError("prune.macs_ratio ranks units across blocks and kinds by score per MAC: it needs "
+                             "prune.scope: global")
+        if p.min_layer_ratio and p.macs_ratio is None:
+            raise ValueError("prune.min_layer_ratio is a floor of the MACs budget: it needs prune.macs_ratio")
         if self.prune.budget_kind is not None and self.prune.scope != "global":
             raise ValueError("prune.budget_kind ranks a criterion across blocks to set their widths: it needs "
                              "prune.scope: global")

@@ -13,6 +13,19 @@ def run_artifacts(m: dict) -> list[Artifact]:
     return artifacts(1 if "finetuned" in m["accuracy"] else 0)
 
 
+UNIT_NAMES = {"ffn": "FFN neurons", "heads": "attention heads"}
+
+
+def describe_target(m: dict) -> str:
+    """What the run removed, in the recipe's terms: a share of MACs, or a share of each kind's units."""
+    p = m["prune"]
+    kinds = " and ".join(UNIT_NAMES.get(k, k) for k in p.get("units", ["ffn"]))
+    if p.get("macs_ratio") is not None:
+        done = 1 - m["macs"]["pruned"] / m["macs"]["dense"]
+        return f"{p['macs_ratio']:.0%} of MACs to remove by pruning {kinds} ({done:.1%} removed)"
+    return f"{p['ratio']:.0%} of {kinds} removed"
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -21,7 +34,7 @@ def render_markdown(m: dict) -> str:
     """A person's view of `metrics.json`: dense vs pruned vs fine-tuned."""
     rows = run_artifacts(m)
     lat = m.get("latency", {})
-    lines = [f"# {m['recipe']}: {m['importance']} importance, {m['prune']['ratio']:.0%} of FFN neurons removed", "",
+    lines = [f"# {m['recipe']}: {m['importance']} importance, {describe_target(m)}", "",
              f"Model `{m['model']}` on `{m['data']}`; prune scope {m['prune']['scope']}, compensation "
              f"{m['prune']['compensate']}.", ""]
     header = ["model", "top-1", "top-5", "params", "MACs"]
@@ -43,6 +56,12 @@ def render_markdown(m: dict) -> str:
         f = m["finetune"]
         lines += [f"Fine-tune budget: {f['epochs']} epochs on {f['train_images']} images"
                   f"{', distilled from the dense model' if f.get('distill') else ''}.", ""]
+        rec = f.get("recovery")
+        if rec:
+            lines += [f"Recovery, judged on {rec['holdout_images']} held-out training images (top-1): one-shot "
+                      f"{rec['oneshot']:.4f}, best {rec['best']:.4f} (epoch {rec['best_epoch']}), last "
+                      f"{rec['last']:.4f}; the fine-tuned model is the best of these "
+                      f"({'the one-shot weights' if rec['best_epoch'] == 0 else 'epoch ' + str(rec['best_epoch'])}).", ""]
     if "onnx" in m:
         for name, p in m["onnx"].items():
             diffs = ", ".join(f"batch {k.split('_')[1]}: {v['max_abs_diff']:.2e}" for k, v in p["parity"].items()
@@ -52,8 +71,10 @@ def render_markdown(m: dict) -> str:
     if lat:
         lines += [f"Latency: median of {m['bench']['repeats']} alternating runs after {m['bench']['warmup']} warm-up; "
                   f"threads {m['bench']['threads']}.", ""]
-    widths = m["ffn_widths"]["pruned"]
-    lines += ["FFN width kept per block: " + ", ".join(str(w) for w in widths), ""]
+    for kind, w in m.get("widths", {"ffn": m["ffn_widths"]}).items():
+        lines += [f"{UNIT_NAMES.get(kind, kind)} kept per block: " + ", ".join(str(v) for v in w["pruned"]), ""]
+    if m.get("emptied_blocks"):
+        lines += [f"Blocks reduced to a skip connection (every head and neuron removed): {m['emptied_blocks']}", ""]
     lines += ["Plots: " + ", ".join(f"![{p}](plots/{p})" for p in m.get("plots", [])), ""]
     return "\n".join(lines)
 
@@ -88,13 +109,14 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
         ax.legend()
         save(fig, "accuracy_vs_latency.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3))
-    dense, pruned = m["ffn_widths"]["dense"], m["ffn_widths"]["pruned"]
-    ax.bar(range(len(dense)), dense, color="#ccc", label="dense")
-    ax.bar(range(len(pruned)), pruned, color="#3a7", label="kept")
-    ax.set_xlabel("block")
-    ax.set_ylabel("FFN neurons")
-    ax.legend()
+    kinds = m.get("widths", {"ffn": m["ffn_widths"]})
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(6, 2.6 * len(kinds)), squeeze=False)
+    for ax, (kind, w) in zip(axes[:, 0], kinds.items()):
+        ax.bar(range(len(w["dense"])), w["dense"], color="#ccc", label="dense")
+        ax.bar(range(len(w["pruned"])), w["pruned"], color="#3a7", label="kept")
+        ax.set_ylabel(UNIT_NAMES.get(kind, kind))
+        ax.legend()
+    axes[-1, 0].set_xlabel("block")
     save(fig, "widths.png")
 
     if stats_path is not None and stats_path.is_file():

@@ -1,15 +1,14 @@
 """Importance criteria: configured instances, registered by name.
 
 Every criterion produces a table of scores `[L, width]` per unit kind (higher = keep). Tables are what
-the importance stage saves and what `TableImportance` serves to Torch-Pruning, so the pruner never
-depends on how a score was made. Adding a criterion is one small class and one line below.
+the importance stage saves and the prune stage ranks, so the pruner never depends on how a score was made. Adding a criterion is one small class and one line below.
 """
 
 from __future__ import annotations
 
 from ..errors import ConfigError
 from .attribution import Attribution
-from .base import Criterion, ImportanceContext, TableImportance, dependency_graph, tp_table, unwrapped
+from .base import Criterion, ImportanceContext, dependency_graph, tp_table, unwrapped
 from .classic import ActivationStatistic, Magnitude, Random, Taylor
 from .paths import PathCoverage, PathFrequency, PathJAS, PathTaylor, block_ranks, lexicographic_ranks
 
@@ -51,5 +50,5 @@ def get_criterion(name: str) -> Criterion:
 
 
 __all__ = ["CRITERIA", "Attribution", "ActivationStatistic", "Criterion", "ImportanceContext", "Magnitude",
-           "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "TableImportance", "Taylor",
+           "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "Taylor",
            "block_ranks", "dependency_graph", "get_criterion", "lexicographic_ranks", "tp_table", "unwrapped"]

@@ -1,4 +1,4 @@
-"""The criterion protocol, what criteria may read, and the bridge that serves a score table to Torch-Pruning."""
+"""The criterion protocol, what criteria may read, and Torch-Pruning importances evaluated per block."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..paths import PathStats
-from ..units import Unit
+from ..units import ConstantBranch, Unit
 
 
 def unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """Bare parameters (CLS token, position embedding) live on the embedding axis, never pruned here."""
-    return [(p, -1) for n, p in model.named_parameters(recurse=False)]
+    """Bare parameters (CLS token, position embedding, an emptied branch's bias) live on the embedding axis,
+    never pruned here."""
+    bare = [p for n, p in model.named_parameters(recurse=False)]
+    bare += [m.bias for m in model.modules() if isinstance(m, ConstantBranch)]
+    return [(p, -1) for p in bare]
 
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -75,26 +78,12 @@ class Criterion:
     def score_block(self, ctx: ImportanceContext, unit: Unit, block: int) -> torch.Tensor:  # [width]
         raise NotImplementedError
 
+    def tables(self, ctx: ImportanceContext, units: list[Unit]) -> dict[str, torch.Tensor]:
+        """`scores` of every kind in `units` (a criterion that can score all kinds in one pass overrides this)."""
+        return {u.kind: self.scores(ctx, u) for u in units}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-class TableImportance(tp.importance.Importance):
-    """Serve a precomputed `[L, width]` table to Torch-Pruning: the score of unit d of block l."""
-
-    def __init__(self, table: torch.Tensor, unit: Unit, model: nn.Module):
-        self.table = table
-        roots = [unit.root(model, l) for l in range(len(unit.widths(model)))]
-        self.layer_of = {id(m): l for l, (m, _) in enumerate(roots)}
-        self.fn = roots[0][1] if roots else None
-
-    @torch.no_grad()
-    def __call__(self, group) -> torch.Tensor:
-        for dep, idxs in group:
-            if id(dep.layer) in self.layer_of and dep.pruning_fn == self.fn:
-                l = self.layer_of[id(dep.layer)]
-                return self.table[l, torch.as_tensor(list(idxs))].double()  # float32 would merge near ties
-        return None  # not a group of these units: nothing to score
 
 
 def tp_table(ctx: ImportanceContext, unit: Unit, importance: tp.importance.Importance,
@@ -105,5 +94,5 @@ def tp_table(ctx: ImportanceContext, unit: Unit, importance: tp.importance.Impor
     rows = []
     for l in range(len(widths)) if blocks is None else blocks:
         group = unit.group(dg, ctx.model, l, list(range(widths[l])))
-        rows.append(importance(group).detach().cpu().double())
+        rows.append(unit.per_unit(ctx.model, l, importance(group).detach().cpu().double()))
     return torch.stack(rows)

@@ -22,7 +22,7 @@ from ..models import load_model, resolve_model_dir
 from ..pruning import load_pruned
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
-from ..units import FFN, Unit
+from ..units import Unit, get_unit
 
 
 def device() -> torch.device:
@@ -36,7 +36,7 @@ class RunContext:
         self.run_dir = run_dir
         self.progress = progress
         self.log = log
-        self.units: list[Unit] = [FFN]  # the kinds of unit this run prunes
+        self.units: list[Unit] = [get_unit(k) for k in recipe.prune.units]  # the kinds of unit this run prunes
         self.criterion = get_criterion(recipe.importance.kind)
         self.budget_criterion = get_criterion(recipe.prune.budget_kind or recipe.importance.kind)
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
@@ -49,6 +49,13 @@ class RunContext:
         self._classes: list[int] | None = None
         self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, tuple] = {}
+
+    def check(self) -> None:
+        """Checks that need the model but no work: the pruning target is reachable under its caps."""
+        from ..pruning import check_budget
+
+        model, data_cfg, _ = self.model()
+        check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size))
 
     # ------------------------------------------------------------------------ what stage keys share
     def model_inputs(self) -> dict:
@@ -127,11 +134,22 @@ class RunContext:
         keep = set(classes)
         return [i for i, y in enumerate(labels_of(ds, lab)) if y in keep]
 
-    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int, shard: bool = False):
-        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None); with
-        `shard`, only this process's share of them under `accelerate launch`."""
-        d = self.r.data
+    def holdout_rows(self, split: str, share: float, seed: int) -> list[int]:
+        """A seeded `share` of a split's rows (at least one when share > 0), held out of training to judge it."""
         rows = self.rows(split)
+        n = min(len(rows) - 1, max(1, round(share * len(rows)))) if share > 0 else 0
+        return sorted(random.Random(seed + 7919).sample(rows, n))
+
+    def loader(self, split: str, data_cfg, rows_wanted: int | None, seed: int, shard: bool = False,
+               exclude: list[int] | None = None, only: list[int] | None = None):
+        """Batches `(x, y, rows, bad)` of `rows_wanted` rows drawn with `seed` (all rows if None) from the
+        split's rows (or `only` those), less `exclude`; with `shard`, only this process's share of them
+        under `accelerate launch`."""
+        d = self.r.data
+        rows = self.rows(split) if only is None else list(only)
+        if exclude:
+            gone = set(exclude)
+            rows = [i for i in rows if i not in gone]
         if rows_wanted is not None and rows_wanted < len(rows):
             rows = sorted(random.Random(seed).sample(rows, rows_wanted))
         if not rows:

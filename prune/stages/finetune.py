@@ -1,5 +1,10 @@
 """The finetune stage: recovery training of the pruned model (the project's accelerate loop),
-optionally distilled from the dense model; resumable from its per-epoch checkpoint."""
+optionally distilled from the dense model; resumable from its per-epoch checkpoint.
+
+A slice of the training split (`finetune.holdout`) is held out of training and judges it: the pruned
+model is evaluated on it before the first step and after every epoch, and the best weights, the
+one-shot ones included, are what the stage saves. So recovery never returns a model worse on that
+slice than the one it was given; `metrics.json` reports one-shot, best and last."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .. import dist
-from ..finetune import TrainConfig, train
+from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
 from ..models import ModelSpec
 from ..pruning import load_pruned, save_pruned, structure_kept
@@ -29,7 +34,9 @@ def build(ctx, out: Path) -> dict:
     r, f = ctx.r, ctx.r.finetune
     dense, data_cfg, _ = ctx.model()
     model, structure = load_pruned(ctx.run_dir.path(prune.NAME))
-    train_loader = ctx.loader(r.data.train_split, data_cfg, f.train_images, f.seed)
+    held = ctx.holdout_rows(r.data.train_split, f.holdout, f.seed)
+    train_loader = ctx.loader(r.data.train_split, data_cfg, f.train_images, f.seed, exclude=held)
+    holdout = ctx.loader(r.data.train_split, data_cfg, None, f.seed, only=held).dataset if held else None
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
                       warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing, grad_clip=f.grad_clip,
                       grad_accum=f.grad_accum, mixed_precision=f.mixed_precision, num_workers=r.data.num_workers,
@@ -38,8 +45,8 @@ def build(ctx, out: Path) -> dict:
     ckpt = ctx.run_dir.root / ".checkpoints" / f"finetune-{ctx.run_dir.keys[NAME]}"
     if (ckpt / "last" / "state.json").is_file():
         ctx.log(f"[finetune] resuming from {ckpt}")
-    history = train(model, train_loader.dataset, None, cfg, teacher=dense if f.distill else None,
-                    checkpoint_dir=ckpt, progress=ctx.progress)
+    history = train(model, train_loader.dataset, holdout, cfg, teacher=dense if f.distill else None,
+                    checkpoint_dir=ckpt, progress=ctx.progress, keep_best=holdout is not None)
     model = model.cpu().eval()
     spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
     if dist.is_main():
@@ -49,7 +56,12 @@ def build(ctx, out: Path) -> dict:
     saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
     acc = ctx.accuracy(saved, data_cfg, "finetuned")
     info = {"finetuned": acc, "epochs": f.epochs, "train_images": len(train_loader.dataset),
-            "distill": f.distill.model_dump() if f.distill else None}
+            "distill": f.distill.model_dump() if f.distill else None,
+            "recovery": recovery_summary(history) if holdout is not None else None}
+    if info["recovery"]:
+        rec = info["recovery"]
+        ctx.log(f"[finetune] held-out top1: one-shot {rec['oneshot']:.4f}, best {rec['best']:.4f} (epoch "
+                f"{rec['best_epoch']}), last {rec['last']:.4f}; kept the best")
     if dist.is_main():
         write_json(out / "history.json", history)
         write_json(out / "metrics.json", info)

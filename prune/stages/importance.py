@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import dist
-from ..budget import PruneSettings, kept_counts
 from ..criteria import ImportanceContext
 from ..gates import activation_stats
 from ..io import atomic_path, write_json
 from ..paths import PathStats
 from ..progressive import progressive_table
+from ..pruning import plan_keep
 from .context import device
 
 NAME = "importance"
@@ -42,7 +42,7 @@ def inputs(ctx) -> dict:
         inp["paths"] = r.paths.model_dump(include={"images_per_class", "steps", "seed", "batch_size"})
     if ctx.importance_fixes_widths:
         inp["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
-                                                   "budget_kind"})
+                                                   "budget_kind", "macs_ratio", "min_layer_ratio"})
     return inp
 
 
@@ -69,20 +69,19 @@ def build(ctx, out: Path) -> dict:
         progress=ctx.progress, reduce=dist.reduce_sum)
     start = time.perf_counter()
     ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.keys[NAME]}"
-    tensors, keeps = {}, {}
+    tensors = {}
+    keeps = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else {}
+    if r.prune.mode == "progressive":
+        tables = {unit.kind: _progressive(ctx, sctx, unit, keeps[unit.kind], ckpt) for unit in ctx.units}
+    else:
+        tables = crit.tables(sctx, ctx.units)  # one pass for every kind where the criterion can
     for unit in ctx.units:
-        keep = _widths(ctx, sctx, unit, ckpt) if ctx.importance_fixes_widths else None
-        if r.prune.mode == "progressive":
-            table = _progressive(ctx, sctx, unit, keep, ckpt)
-        else:
-            table = crit.scores(sctx, unit)
-        table = table.double().cpu().clone()  # may alias an activation statistic
+        table = tables[unit.kind].double().cpu().clone()  # may alias an activation statistic
         a = acts[unit.kind]
-        tensors.update({f"{unit.kind}.scores": table.contiguous(), f"{unit.kind}.act_mean": a["mean"],
+        tensors.update({f"{unit.kind}.scores": table.contiguous(), f"{unit.kind}.act_mean": a["channel_mean"],
                         f"{unit.kind}.act_abs_mean": a["abs_mean"], f"{unit.kind}.act_var": a["var"]})
-        if keep is not None:
-            tensors[f"{unit.kind}.keep"] = torch.tensor(keep)
-            keeps[unit.kind] = keep
+        if unit.kind in keeps:
+            tensors[f"{unit.kind}.keep"] = torch.tensor(keeps[unit.kind])
     dist.barrier()
     if dist.is_main():
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -101,24 +100,23 @@ def build(ctx, out: Path) -> dict:
     return info
 
 
-def _widths(ctx, sctx: ImportanceContext, unit, ckpt: Path) -> list[int]:
-    """Units each block keeps: uniform, or (scope global) the budget criterion's one-shot table ranked
-    across blocks. The table is checkpointed, so a resumed progressive run does not score it again."""
+def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> dict[str, list[int]]:
+    """Units each block keeps, per kind: uniform, or (scope global) the budget criterion's one-shot tables
+    ranked across blocks (and kinds, with `prune.macs_ratio`). The tables are checkpointed, so a resumed
+    progressive run does not score them again."""
     pr = ctx.r.prune
-    settings = PruneSettings(ratio=pr.ratio, scope=pr.scope, max_layer_ratio=pr.max_layer_ratio, round_to=pr.round_to)
-    widths = unit.widths(sctx.model)
-    table = torch.zeros(len(widths), max(widths))
+    tables = {u.kind: torch.zeros(len(u.widths(sctx.model)), max(u.widths(sctx.model))) for u in ctx.units}
     if pr.scope == "global":
-        key = f"{unit.kind}.scores"
         if (ckpt / "budget.safetensors").is_file():
-            table = load_file(ckpt / "budget.safetensors")[key]
+            saved = load_file(ckpt / "budget.safetensors")
+            tables = {u.kind: saved[f"{u.kind}.scores"] for u in ctx.units}
         else:
-            table = ctx.budget_criterion.scores(sctx, unit).double().cpu()
+            tables = {k: t.double().cpu() for k, t in ctx.budget_criterion.tables(sctx, ctx.units).items()}
             if dist.is_main():
                 ckpt.mkdir(parents=True, exist_ok=True)
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
-                    save_file({key: table.contiguous()}, str(tmp))
-    return kept_counts(table, widths, settings)
+                    save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
+    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs)
 
 
 def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:

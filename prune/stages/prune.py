@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..budget import PruneSettings
 from ..io import write_json
-from ..pruning import count_params_macs, prune_units, save_pruned
+from ..pruning import count_params_macs, plan_keep, prune_units, save_pruned
 from ..units import FFN
 from . import importance
 
@@ -27,20 +26,26 @@ def build(ctx, out: Path) -> dict:
     imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
     example = torch.randn(1, *data_cfg.input_size)
     params0, macs0 = count_params_macs(model, example)
-    settings = PruneSettings(ratio=p.ratio, scope=p.scope, max_layer_ratio=p.max_layer_ratio,
-                             round_to=p.round_to, compensate=p.compensate)
+    settings = p.settings()
+    tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
+    if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
+        keep = {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
+    else:
+        keep = plan_keep(model, ctx.units, tables, settings, example)
     dense_widths, kept = {}, {}
     for unit in ctx.units:
         k = unit.kind
         dense_widths[k] = unit.widths(model)
-        keep = imp[f"{k}.keep"].tolist() if f"{k}.keep" in imp else None  # the importance stage fixed the widths
-        kept[k] = prune_units(model, unit, imp[f"{k}.scores"], settings, example, act_mean=imp[f"{k}.act_mean"],
-                              keep=keep)
+        kept[k] = prune_units(model, unit, tables[k], settings, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k])
     params1, macs1 = count_params_macs(model, example)
     save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes())
-    ffn = FFN.kind  # prune.json and the summary still describe FFN widths
+    units = {k: {"dense_widths": dense_widths[k], "widths": [len(i) for i in kept[k]],
+                 "removed": 1 - sum(len(i) for i in kept[k]) / sum(dense_widths[k])} for k in kept}
+    ffn = units.get(FFN.kind) or {"dense_widths": FFN.widths(model), "widths": FFN.widths(model), "removed": 0.0}
     info = {"params_dense": params0, "params_pruned": params1, "macs_dense": macs0, "macs_pruned": macs1,
-            "dense_widths": dense_widths[ffn], "widths": [len(k) for k in kept[ffn]],
-            "ffn_neurons_removed": 1 - sum(len(k) for k in kept[ffn]) / sum(dense_widths[ffn])}
+            "macs_removed": 1 - macs1 / macs0, "units": units,
+            "dense_widths": ffn["dense_widths"], "widths": ffn["widths"], "ffn_neurons_removed": ffn["removed"],
+            "emptied_blocks": [l for l in range(len(model.blocks))
+                               if all(units[k]["widths"][l] == 0 for k in units) and len(units) == 2]}
     write_json(out / "prune.json", info)
     return info

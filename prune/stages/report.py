@@ -43,6 +43,8 @@ def collect(ctx) -> dict:
         "params": {"dense": pr["params_dense"], "pruned": pr["params_pruned"]},
         "macs": {"dense": pr["macs_dense"], "pruned": pr["macs_pruned"]},
         "ffn_widths": {"dense": pr["dense_widths"], "pruned": pr["widths"]},
+        "widths": {k: {"dense": u["dense_widths"], "pruned": u["widths"]} for k, u in pr["units"].items()},
+        "emptied_blocks": pr["emptied_blocks"],
         "accuracy": {"dense": metrics["dense"], "pruned": metrics["pruned"]},
         "skipped_rows": {"eval": sorted(set(metrics["dense"].pop("skipped_rows", [])
                                             + metrics["pruned"].pop("skipped_rows", []))),

@@ -1,11 +1,13 @@
 """Kinds of prunable unit, each one file implementing `Unit` (base.py)."""
 
 from ..errors import ConfigError
-from .base import Unit
+from .base import ConstantBranch, Unit, is_empty
 from .ffn import FFNNeurons
+from .head import AttentionHeads
 
 FFN = FFNNeurons()
-UNITS: dict[str, Unit] = {u.kind: u for u in (FFN,)}
+HEADS = AttentionHeads()
+UNITS: dict[str, Unit] = {u.kind: u for u in (FFN, HEADS)}
 
 
 def get_unit(kind: str) -> Unit:
@@ -14,4 +16,4 @@ def get_unit(kind: str) -> Unit:
     return UNITS[kind]
 
 
-__all__ = ["FFN", "UNITS", "Unit", "get_unit"]
+__all__ = ["FFN", "HEADS", "UNITS", "ConstantBranch", "Unit", "get_unit", "is_empty"]

@@ -7,19 +7,40 @@ indices and widths are always keyed by `Unit.kind`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # typing only: the adapter is passed in, never imported at run time
-    from ..models import ViTAdapter
+
+class ConstantBranch(nn.Module):
+    """What a residual branch (attention or FFN) becomes when all its units are removed: its output
+    with every gate at zero is its last layer's bias, whatever the input, so the block keeps only
+    `x + bias` there. `dim` is the branch's output width."""
+
+    def __init__(self, dim: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(dim) if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.bias.expand(*x.shape[:-1], self.bias.shape[0])
+
+
+def is_empty(branch: nn.Module) -> bool:
+    return isinstance(branch, ConstantBranch)
 
 
 class Unit:
     """One kind of prunable unit, `width(model, l)` of them in block l."""
 
     kind: str = ""
+
+    def channels(self, model: nn.Module, block: int) -> int:
+        """Channels of the gate module's output per unit (1 for a neuron, head_dim for a head)."""
+        return 1
+
+    def expand(self, model: nn.Module, block: int, gate: torch.Tensor) -> torch.Tensor:
+        """A `[..., width]` gate as the `[..., width * channels]` factor on the gate module's output."""
+        c = self.channels(model, block)
+        return gate if c == 1 else gate.repeat_interleave(c, dim=-1)
 
     def widths(self, model: nn.Module) -> list[int]:
         """How many units of this kind each block has now."""
@@ -34,11 +55,11 @@ class Unit:
         multiplies by a `[width]` gate removes (0) or scales units, which attribution and masks use."""
         raise NotImplementedError
 
-    def split(self, vit: "ViTAdapter", block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, vit, block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # vit: models.ViTAdapter
         """Run block from its input `x` up to the units: `(rest, h)`, `h` the units' output `[B, T, width]`."""
         raise NotImplementedError
 
-    def join(self, vit: "ViTAdapter", block: int, rest: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def join(self, vit, block: int, rest: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Finish block from `split`'s `rest` and (possibly gated) units `h`."""
         raise NotImplementedError
 
@@ -55,11 +76,24 @@ class Unit:
         module, fn = self.root(model, block)
         return graph.get_pruning_group(module, fn, idxs=list(idxs))
 
+    def per_unit(self, model: nn.Module, block: int, scores: torch.Tensor) -> torch.Tensor:
+        """A Torch-Pruning importance of block's whole group (one score per root channel) as one per unit."""
+        return scores
+
+    def after_prune(self, model: nn.Module, block: int, kept: int) -> None:
+        """Update module attributes after Torch-Pruning left `kept` units in block (e.g. a head count)."""
+
     def compensate(self, model: nn.Module, block: int, removed: list[int], mean: torch.Tensor) -> None:
-        """Fold the mean output of the `removed` units (`mean`: `[width]` over calibration tokens) into
+        """Fold the mean output of the `removed` units (`mean`: `[width * channels]`, the gate module's
+        mean output over calibration tokens) into
         the next layer's bias, so a unit whose output is constant is removed exactly."""
         raise NotImplementedError
 
+    def empty(self, model: nn.Module, block: int) -> None:
+        """Replace block's branch of these units by `ConstantBranch` (the branch with every gate at zero)."""
+        raise NotImplementedError
+
     def resize(self, model: nn.Module, widths: list[int]) -> None:
-        """Give a freshly built (dense) model block widths `widths`, so a pruned state dict loads."""
+        """Give a freshly built (dense) model block widths `widths` (0: an emptied branch), so a pruned
+        state dict loads."""
         raise NotImplementedError
