@@ -25,13 +25,11 @@ STAGES = tuple(s.NAME for s in PIPELINE)
 class Pipeline:
     def __init__(self, recipe: Recipe, out: str | Path, *, update: bool = False, progress: bool = True, log=print):
         log = log if dist.is_main() else (lambda msg: None)  # one voice under accelerate launch
+        ctx = RunContext(recipe, None, progress=progress and dist.is_main(), log=log)
+        ctx.check()  # before the run directory exists: nothing is written for a target that cannot be met
         self.run_dir = RunDir(out, recipe.model_dump(mode="json"), update=update, log=log)  # takes the lock
-        try:
-            self.ctx = RunContext(recipe, self.run_dir, progress=progress and dist.is_main(), log=log)
-            self.ctx.check()  # before any stage: nothing is written for a target that cannot be met
-        except BaseException:
-            self.close()
-            raise
+        ctx.run_dir = self.run_dir
+        self.ctx = ctx
 
     def run(self, force: set[str] = frozenset()) -> dict:
         """Build (or reuse) every stage the recipe asks for; returns the run's summary (also `summary.json`).

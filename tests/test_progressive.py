@@ -179,7 +179,7 @@ def test_budget_kind_sets_widths_and_importance_kind_picks_neurons(tmp_path):
     assert run(tmp_path, "e", "prune.mode=oneshot", "prune.scope=global") == 0
     assert json.loads((tmp_path / "e/prune/prune.json").read_text())["widths"] == info["keep"]["ffn"]
     scores = load_file(tmp_path / "d/importance/importance.safetensors")["ffn.scores"]
-    kept = json.loads((tmp_path / "d/prune/structure.json").read_text())["kept"]
+    kept = json.loads((tmp_path / "d/prune/structure.json").read_text())["units"]["ffn"]["kept"]
     for row, k in zip(scores, kept):
         assert set(k) == set(row.topk(len(k)).indices.tolist())
 

@@ -97,7 +97,7 @@ def test_save_load_round_trip_and_plain_timm(tmp_path):
     back, structure = load_pruned(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(back(X), model(X))
-    assert structure["widths"] == [32] * 4 and structure["timm_mlp_ratio"] == 1.0
+    assert structure["units"]["ffn"]["widths"] == [32] * 4 and structure["timm_mlp_ratio"] == 1.0
     plain = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**KW, "mlp_ratio": structure["timm_mlp_ratio"]})
     plain.load_state_dict(load_file(tmp_path / "model.safetensors"))
     with torch.no_grad():

@@ -31,7 +31,7 @@ def device() -> torch.device:
 
 
 class RunContext:
-    def __init__(self, recipe: Recipe, run_dir: RunDir, *, progress: bool, log: Callable[[str], None]):
+    def __init__(self, recipe: Recipe, run_dir: RunDir | None, *, progress: bool, log: Callable[[str], None]):
         self.r = recipe
         self.run_dir = run_dir
         self.progress = progress

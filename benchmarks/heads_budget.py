@@ -1,0 +1,370 @@
+"""Heads and FFN neurons in one MACs budget, against FFN only, heads only and Torch-Pruning's ViT recipe.
+
+Every method removes a share of the dense model's MACs (`--targets`, counted by `prune.pruning.count_params_macs`):
+  ffn    prune's FFN-only global budget (activation_taylor scores, per-block cap 0.9: today's default)
+  heads  attention heads only (activation_taylor scores, cap 1.0)
+  both   heads and FFN neurons in one budget ranked by score per MAC (cap 1.0: a block may become a skip)
+  tp     Torch-Pruning's own ViT recipe: MetaPruner with GroupTaylorImportance (cross-entropy gradients of
+         the same calibration images), global_pruning=True, isomorphic=True, prune_num_heads=True,
+         prune_head_dims=False, head_pruning_ratio = pruning_ratio, classifier ignored; its pruning_ratio is
+         found by bisection so that its MACs match the target (it also prunes the embedding width)
+Phases (`--phases`; each writes its rows as they arrive, `--resume` keeps rows already written):
+  oneshot  top-1 on the evaluation images for every (seed, target, method); seed 0's models are exported to
+           OUT/onnx/ for the latency phase, prune's own also saved (safetensors + structure.json) to OUT/models/
+  latency  onnxruntime CPU latency at batch 1 and 32 of the dense model and every exported model, in one
+           alternating run (give it the machine to itself)
+  recover  the same recovery for every method at `--recover-targets` (seed 0): distillation from the dense
+           model, keep-best on a held-out slice of the training split, then top-1 on the evaluation images
+  plot     accuracy vs onnxruntime batch-1 latency (pareto.png)
+
+    python benchmarks/heads_budget.py --model ../shared/models/vit_tiny_cifar10 --data ../shared/data/cifar10 \\
+        --out benchmarks/results/heads_budget_vit_tiny_cifar10
+    python benchmarks/heads_budget.py --quick --out /tmp/hb   # the embedded digits model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ("ffn", "heads", "both", "tp")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits-vit")
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--targets", default="0.3,0.5,0.6,0.7", help="shares of the dense MACs to remove")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the calibration images")
+    ap.add_argument("--calibration-images", type=int, default=512)
+    ap.add_argument("--eval-images", type=int, default=None, help="default: the whole evaluation split")
+    ap.add_argument("--phases", default="oneshot,latency,recover,plot")
+    ap.add_argument("--recover-targets", default="0.5,0.6")
+    ap.add_argument("--recover-images", type=int, default=10000, help="training images of the recovery epoch")
+    ap.add_argument("--recover-epochs", type=int, default=1)
+    ap.add_argument("--recover-lr", type=float, default=5e-4)
+    ap.add_argument("--holdout", type=int, default=2500, help="held-out training images that pick the best weights")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="digits model, tiny settings (smoke test)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.targets, args.seeds, args.calibration_images, args.repeats = "0.3,0.5", "0", 64, 3
+        args.recover_targets, args.recover_images, args.holdout = "0.5", 256, 64
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, out)
+    for phase in args.phases.split(","):
+        getattr(bench, phase)()
+
+
+class Bench:
+    def __init__(self, args, out: Path):
+        from prune.models import load_model
+
+        self.args, self.out = args, out
+        self.dense, self.data_cfg, self.spec = load_model(args.model)
+        self.example = torch.randn(1, *self.data_cfg.input_size)
+        self.targets = [float(t) for t in args.targets.split(",")]
+        self.methods = args.methods.split(",")
+        self.seeds = [int(s) for s in args.seeds.split(",")]
+        self._data = {}
+
+    # ------------------------------------------------------------------------------------- data
+    def images(self, split: str, n: int | None, seed: int, exclude=()):
+        """`n` rows of a split drawn with `seed` (all if None, less `exclude`) as tensors (decoded once)."""
+        import random
+
+        from prune.data import find_columns, load_split, make_transform, stack_rows
+
+        key = (split, n, seed, tuple(exclude))
+        if key not in self._data:
+            ds = load_split(self.args.data, split)
+            img, lab = find_columns(ds, None, None)
+            rows = [i for i in range(len(ds)) if i not in set(exclude)]
+            if n is not None and n < len(rows):
+                rows = sorted(random.Random(seed).sample(rows, n))
+            self._data[key] = stack_rows(ds, make_transform(self.data_cfg), img, lab, split, rows,
+                                         int(self.dense.num_classes))
+        return self._data[key]
+
+    def top1(self, model) -> float:
+        x, y = self.images(self.args.eval_split, self.args.eval_images, 0)
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for s in range(0, len(y), 500):
+                correct += (model(x[s:s + 500]).argmax(-1) == y[s:s + 500]).sum().item()
+        return correct / len(y)
+
+    def calibration(self, seed: int):
+        x, y = self.images(self.args.train_split, self.args.calibration_images, seed)
+        return [(x[s:s + 64], y[s:s + 64]) for s in range(0, len(y), 64)]
+
+    # ---------------------------------------------------------------------------------- methods
+    def prepare(self, seed: int) -> dict:
+        """Per seed: prune's one-pass first-order tables (both kinds) and the dense model's Taylor gradients."""
+        from prune.gates import first_order_tables
+        from prune.units import FFN, HEADS
+
+        t = time.perf_counter()
+        tables = first_order_tables(self.dense, [FFN, HEADS], lambda: self.calibration(seed),
+                                    int(self.dense.num_classes), objective="logprob")
+        scoring = time.perf_counter() - t
+        graded = copy.deepcopy(self.dense)
+        graded.zero_grad()
+        for x, y in self.calibration(seed):  # Torch-Pruning's example: mean cross-entropy per batch, summed grads
+            torch.nn.functional.cross_entropy(graded(x), y).backward()
+        return {"tables": tables, "graded": graded, "scoring_seconds": scoring}
+
+    def prune(self, method: str, target: float, prep: dict):
+        """(pruned model, kept dict or None) for one method at one MACs target; None if unreachable."""
+        from prune.budget import PruneSettings
+        from prune.errors import ConfigError
+        from prune.pruning import plan_keep, prune_units
+        from prune.units import FFN, HEADS
+
+        if method == "tp":
+            return self.tp_prune(target, prep["graded"]), None
+        units = {"ffn": [FFN], "heads": [HEADS], "both": [FFN, HEADS]}[method]
+        cap = 0.9 if method == "ffn" else 1.0
+        settings = PruneSettings(scope="global", macs_ratio=target, max_layer_ratio=cap)
+        model = copy.deepcopy(self.dense)
+        try:
+            keep = plan_keep(model, units, prep["tables"], settings, self.example)
+        except ConfigError:
+            return None, None
+        kept = {u.kind: prune_units(model, u, prep["tables"][u.kind], settings, self.example, keep=keep[u.kind])
+                for u in units}
+        return model, kept
+
+    def tp_prune(self, target: float, graded):
+        """Torch-Pruning's ViT recipe, its ratio bisected to remove at least `target` of the MACs."""
+        from prune.pruning import count_params_macs
+
+        _, dense = count_params_macs(self.dense, self.example)
+        lo, hi, best = 0.0, 0.95, None
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            model = tp_recipe(graded, mid, self.example)
+            removed = 1 - count_params_macs(model, self.example)[1] / dense
+            if removed >= target:
+                best, hi = model, mid
+            else:
+                lo = mid
+            if best is not None and hi - lo < 2e-3:
+                break
+        return best
+
+    # ----------------------------------------------------------------------------------- phases
+    def oneshot(self):
+        from prune.export import export_onnx
+        from prune.pruning import count_params_macs, save_pruned
+        from prune.units import FFN, HEADS
+
+        path = self.out / "oneshot.csv"
+        rows = read_rows(path) if self.args.resume else []
+        done = {(r["seed"], r["target"], r["method"]) for r in rows}
+        p0, m0 = count_params_macs(self.dense, self.example)
+        dense_top1 = self.top1(self.dense)
+        if not (self.out / "onnx" / "dense.onnx").is_file():
+            export_onnx(self.dense, self.example, self.out / "onnx" / "dense.onnx")
+        for seed in self.seeds:
+            prep = None
+            for target in self.targets:
+                for method in self.methods:
+                    if (str(seed), str(target), method) in done:
+                        continue
+                    prep = prep or self.prepare(seed)
+                    model, kept = self.prune(method, target, prep)
+                    row = {"model": Path(self.args.model).name, "method": method, "target": target, "seed": seed,
+                           "dense_top1": dense_top1, "dense_macs": m0, "dense_params": p0}
+                    if model is None:
+                        row.update(top1="", macs="", params="", macs_removed="", note="unreachable under the caps")
+                    else:
+                        p, m = count_params_macs(model, self.example)
+                        row.update(top1=self.top1(model), macs=m, params=p, macs_removed=1 - m / m0, note="",
+                                   ffn=" ".join(map(str, FFN.widths(model))) if method != "tp" else "",
+                                   heads=" ".join(map(str, HEADS.widths(model))) if method != "tp" else "",
+                                   embed_dim=int(model.pos_embed.shape[-1]),
+                                   scoring_seconds=prep["scoring_seconds"])
+                        if seed == self.seeds[0]:
+                            name = f"{method}_{target}"
+                            export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")
+                            if kept is not None:
+                                save_pruned(model, self.out / "models" / name, self.spec, kept,
+                                            {u: UNIT_WIDTHS(self.dense, u) for u in kept}, self.data_cfg.as_dict())
+                    rows.append(row)
+                    write_rows(path, rows)
+                    print(f"seed {seed} target {target:.2f} {method:5s} top1 {row['top1'] if row['top1'] == '' else format(row['top1'], '.4f')}"
+                          f" (dense {dense_top1:.4f}) {row['note']}", flush=True)
+
+    def latency(self):
+        from prune.bench import measure, ort_runner
+
+        files = sorted((self.out / "onnx").glob("*.onnx"))
+        runners = {f.stem: ort_runner(f, self.args.threads) for f in files}
+        res = measure(runners, tuple(self.data_cfg.input_size), (1, 32), warmup=3, repeats=self.args.repeats)
+        rows = []
+        for name, per in res.items():
+            for b, r in per.items():
+                rows.append({"model": Path(self.args.model).name, "artifact": name, "batch": b, **r,
+                             "speedup": res["dense"][b]["median_ms"] / r["median_ms"]})
+        write_rows(self.out / "latency.csv", rows)
+        for r in rows:
+            print(f"{r['artifact']:12s} b{r['batch']:>2s} {r['median_ms']:8.2f} ms  x{r['speedup']:.2f}")
+
+    def recover(self):
+        from prune.finetune import TrainConfig, recovery_summary, train
+
+        path = self.out / "recover.csv"
+        rows = read_rows(path) if self.args.resume else []
+        done = {(r["target"], r["method"]) for r in rows}
+        prep = None
+        a = self.args
+        held_x, held_y = self.images(a.train_split, a.holdout, 12345)
+        held_rows = set(self._held_rows())
+        train_x, train_y = self.images(a.train_split, a.recover_images, 0, exclude=tuple(sorted(held_rows)))
+        for target in [float(t) for t in a.recover_targets.split(",")]:
+            for method in self.methods:
+                if (str(target), method) in done:
+                    continue
+                prep = prep or self.prepare(self.seeds[0])
+                model, _ = self.prune(method, target, prep)
+                if model is None:
+                    continue
+                oneshot = self.top1(model)
+                cfg = TrainConfig(epochs=a.recover_epochs, batch_size=128, lr=a.recover_lr, weight_decay=0.05,
+                                  warmup_epochs=0.1, seed=0, distill_alpha=0.5, distill_temperature=2.0)
+                t = time.perf_counter()
+                history = train(model, Rows(train_x, train_y), Rows(held_x, held_y), cfg, teacher=self.dense,
+                                progress=False, keep_best=True)
+                rec = recovery_summary(history)
+                row = {"model": Path(a.model).name, "method": method, "target": target, "oneshot_top1": oneshot,
+                       "recovered_top1": self.top1(model.cpu()), "holdout_oneshot": rec["oneshot"],
+                       "holdout_best": rec["best"], "holdout_last": rec["last"], "best_epoch": rec["best_epoch"],
+                       "train_images": len(train_y), "epochs": a.recover_epochs, "lr": a.recover_lr,
+                       "seconds": time.perf_counter() - t}
+                rows.append(row)
+                write_rows(path, rows)
+                print(f"recover {method:5s} target {target:.2f}: one-shot {oneshot:.4f} -> {row['recovered_top1']:.4f} "
+                      f"(held-out one-shot {rec['oneshot']:.4f}, best {rec['best']:.4f}, last {rec['last']:.4f})", flush=True)
+
+    def _held_rows(self):
+        import random
+
+        from prune.data import load_split
+
+        n = len(load_split(self.args.data, self.args.train_split))
+        return sorted(random.Random(12345).sample(range(n), self.args.holdout))
+
+    def plot(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        one = read_rows(self.out / "oneshot.csv")
+        lat = {(r["artifact"], r["batch"]): float(r["median_ms"]) for r in read_rows(self.out / "latency.csv")}
+        rec = {(r["method"], r["target"]): float(r["recovered_top1"]) for r in read_rows(self.out / "recover.csv")} \
+            if (self.out / "recover.csv").is_file() else {}
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, b in zip(axes, ("1", "32")):
+            dense_ms = lat[("dense", b)]
+            ax.scatter([1.0], [float(one[0]["dense_top1"]) * 100], marker="*", s=120, color="k", label="dense")
+            for method in self.methods:
+                pts = []
+                for t in self.targets:
+                    accs = [float(r["top1"]) for r in one if r["method"] == method and float(r["target"]) == t and r["top1"]]
+                    key = (f"{method}_{t}", b)
+                    if accs and key in lat:
+                        pts.append((dense_ms / lat[key], 100 * sum(accs) / len(accs), rec.get((method, str(t)))))
+                if pts:
+                    line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{method} one-shot")[0]
+                    rp = [(p[0], 100 * p[2]) for p in pts if p[2] is not None]
+                    if rp:
+                        ax.plot([p[0] for p in rp], [p[1] for p in rp], "s--", color=line.get_color(),
+                                label=f"{method} recovered")
+            ax.set_xlabel(f"onnxruntime CPU speed-up over dense, batch {b}")
+            ax.set_ylabel("top-1 (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{Path(self.args.model).name}: accuracy vs latency (one-shot mean of seeds; recovered seed 0)")
+        fig.savefig(self.out / "pareto.png", dpi=110, bbox_inches="tight")
+        print(f"wrote {self.out / 'pareto.png'}")
+
+
+def UNIT_WIDTHS(model, kind):  # noqa: N802
+    from prune.units import get_unit
+
+    return get_unit(kind).widths(model)
+
+
+class Rows(torch.utils.data.Dataset):
+    """Preloaded `(x, y, row)` samples for `prune.finetune.train`."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i]), i
+
+
+def tp_recipe(graded, ratio: float, example):
+    """Torch-Pruning's timm ViT example (global Taylor, isomorphic groups, whole heads) on a copy of `graded`
+    (a dense model holding the calibration gradients), then the attention modules' head counts updated."""
+    import timm
+    import torch_pruning as tp
+
+    from prune.criteria import unwrapped
+
+    model = copy.deepcopy(graded)
+    for p, q in zip(model.parameters(), graded.parameters()):
+        p.grad = None if q.grad is None else q.grad.clone()
+    num_heads = {m.qkv: m.num_heads for m in model.modules() if isinstance(m, timm.layers.Attention)}
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True, isomorphic=True,
+        pruning_ratio=ratio, ignored_layers=[model.head], num_heads=num_heads, prune_num_heads=True,
+        prune_head_dims=False, head_pruning_ratio=ratio, unwrapped_parameters=unwrapped(model))
+    for g in pruner.step(interactive=True):
+        g.prune()
+    for m in model.modules():
+        if isinstance(m, timm.layers.Attention):
+            m.num_heads = pruner.num_heads[m.qkv]
+            m.attn_dim = m.qkv.out_features // 3
+            m.head_dim = m.attn_dim // m.num_heads
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def read_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path))) if path.is_file() else []
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    from prune.io import atomic_path
+
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
