@@ -239,3 +239,39 @@ def test_recovery_never_returns_worse_than_one_shot(tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert rec["best_epoch"] == 0 and rec["last"] < rec["oneshot"] == rec["best"]
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_heads_and_neurons_run_end_to_end(tmp_path, capsys):
+    """A run that prunes both kinds to a MACs target: every stage carries the head counts, ONNX parity
+    holds, the report names both kinds, recovery reports one-shot/best/last and never keeps worse weights;
+    `prune export`, `prune bench` and `prune specialize` take the result."""
+    from prune.cli import main
+    from prune.export import ort_session
+
+    sets = ["prune.units=[ffn,heads]", "prune.macs_ratio=0.55", "prune.max_layer_ratio=1.0",
+            "importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=1",
+            "finetune.train_images=128", "finetune.holdout=0.1", "bench.repeats=2", "bench.batch_sizes=[1]"]
+    args = ["--recipe", "quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet", *sum([["--set", s] for s in sets], [])]
+    assert main(args) == 0, capsys.readouterr().err
+    root = tmp_path / "run"
+    s = json.loads((root / "summary.json").read_text())
+    assert 0.55 <= 1 - s["macs"]["pruned"] / s["macs"]["dense"] < 0.55 + 0.016  # past the target by at most one head
+    heads = s["widths"]["heads"]["pruned"]
+    assert s["widths"]["heads"]["dense"] == [4] * 6 and heads != [4] * 6
+    model, structure = load_pruned(root / "finetune")
+    assert HEADS.widths(model) == heads and structure["units"]["heads"]["widths"] == heads
+    assert all(v["max_abs_diff"] <= 1e-4 for k, v in s["onnx"]["pruned"]["parity"].items() if k.startswith("batch_"))
+    rec = s["finetune"]["recovery"]
+    assert rec["best"] >= rec["oneshot"] and rec["holdout_images"] == round(0.1 * 1437)
+    report = (root / "report/report.md").read_text()
+    assert "attention heads kept per block: " + ", ".join(map(str, heads)) in report and "one-shot" in report
+    sess = ort_session(root / "export/pruned.onnx")
+    assert sess.run(None, {sess.get_inputs()[0].name: torch.randn(2, 3, 8, 8).numpy()})[0].shape == (2, 10)
+    capsys.readouterr()
+    assert main(["export", str(root / "finetune"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["bench", str(root / "finetune"), "--repeats", "2", "--batch-sizes", "1"]) == 0
+    assert main(["specialize", str(root), "--classes", "1,7", "--quiet", "--set", "finetune.epochs=0",
+                 "--set", "bench.enabled=false", "--set", "export.enabled=false"]) == 0, capsys.readouterr().err
+    spec = json.loads((root.parent / "run-classes-1-7" / "summary.json").read_text())
+    assert spec["widths"]["heads"]["dense"] == [4] * 6 and spec["classes"] == [1, 7]
+    assert spec["prune"]["units"] == ["ffn", "heads"] and 1 - spec["macs"]["pruned"] / spec["macs"]["dense"] >= 0.55
