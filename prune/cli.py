@@ -141,14 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "PyTorch by more than --atol (the same code as the recipe's export stage). A run directory "
                     "exports its final model (fine-tuned if it was, else pruned) and checks it on the first 8 "
                     "images of its evaluation split; a pruned-model directory is checked on seeded random "
-                    "inputs. The file appears only after the check passed. Example:\n\n"
-                    "  prune export runs/quickstart --out quickstart.onnx",
+                    "inputs. The file appears only after the check passed. --quantize adds int8 files beside it "
+                    "(OUT.int8-dynamic.onnx, OUT.int8-static.onnx), each judged by top-1 and agreement with the fp32 "
+                    "file on the evaluation images (a run's, or --data's test split). Examples:\n\n"
+                    "  prune export runs/quickstart --out quickstart.onnx\n"
+                    "  prune export runs/quickstart --out quickstart.onnx --quantize dynamic,static",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("target", help="a run directory (prune --recipe --out) or a pruned-model directory (structure.json)")
     ex.add_argument("--out", default=None, help="ONNX file to write (default: <target directory name>.onnx here)")
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 18 (default: 18)")
     ex.add_argument("--atol", type=float, default=1e-4,
                     help="max |onnxruntime - PyTorch| of the logits, scaled by max |logit| when above 1 (default: 1e-4)")
+    ex.add_argument("--quantize", default="", metavar="MODES",
+                    help="also write int8 files: dynamic, static or dynamic,static (static calibrates on training images)")
+    ex.add_argument("--data", default=None,
+                    help="for a pruned-model directory: dataset (train split calibrates, test split judges int8 files)")
+    ex.add_argument("--images", type=int, default=1000,
+                    help="evaluation images that judge an int8 file (default: 1000)")
+    ex.add_argument("--max-int8-drop", type=float, default=0.01,
+                    help="flag an int8 file losing more top-1 than this against fp32, and exit 1 (default: 0.01)")
     b = sub.add_parser("bench", help="latency of a model, pruned model, ONNX file or run directory",
                        description="Measure latency and throughput (median and p90 of alternating runs after "
                                    "warm-up). TARGET is a run directory (dense vs its pruned model), a pruned-model "
@@ -258,24 +269,29 @@ def _run_recipe(args) -> int:
 
     if dist.is_main():
         _print_summary(summary, out)
+    from .report import int8_warnings
+
+    if recipe.export.fail_on_int8_drop and int8_warnings(summary):
+        print(f"prune: error: {int8_warnings(summary)[0]} (export.fail_on_int8_drop is set)", file=sys.stderr)
+        return 1
     return 0
 
 
 def _print_summary(s: dict, out: str) -> None:
-    acc, params, macs = s["accuracy"], s["params"], s["macs"]
-    from .report import run_artifacts
+    from .report import artifact_rows, int8_warnings
 
-    arts = run_artifacts(s)
-    cols = [a.name for a in arts]
-    struct = {a.name: a.structure for a in arts}
-    rows = [("", *cols),
-            ("top-1", *(f"{acc[c]['top1']:.4f}" for c in cols)),
-            ("top-5", *(f"{acc[c]['top5']:.4f}" for c in cols)),
-            ("params", *(f"{params[struct[c]]:,}" for c in cols)),
-            ("MACs", *(f"{macs[struct[c]]:,}" for c in cols))]
+    params, macs = s["params"], s["macs"]
+    arts = artifact_rows(s)
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    rows = [("", *(a["name"] for a in arts)),
+            ("top-1", *(fmt(a["top1"], ".4f") for a in arts)),
+            ("top-5", *(fmt(a["top5"], ".4f") for a in arts)),
+            ("params", *(f"{params[a['structure']]:,}" for a in arts)),
+            ("MACs", *(f"{macs[a['structure']]:,}" for a in arts))]
     for eng, lat in s.get("latency", {}).items():
         for b in lat["dense"]:
-            rows.append((f"{eng} b{b} ms", *(f"{lat[struct[c]][b]['median_ms']:.2f}" for c in cols)))
+            rows.append((f"{eng} b{b} ms", *(fmt(lat[a["latency"][eng]][b]["median_ms"], ".2f")
+                                              if a["latency"].get(eng) else "-" for a in arts)))
     from .report import describe_target
 
     print(f"\n{s['recipe']}: {s['importance']} importance, {describe_target(s)} "
@@ -283,7 +299,9 @@ def _print_summary(s: dict, out: str) -> None:
     if s.get("classes") is not None:
         print(f"  specialised to classes {s['classes']} (original ids; accuracy on their test images only)")
     for name, *vals in rows:
-        print(f"  {name:20s}" + "".join(f"{v:>14s}" for v in vals))
+        print(f"  {name:20s}" + "".join(f"{v:>{max(14, len(h) + 2)}s}" for v, h in zip(vals, rows[0][1:])))
+    for w in int8_warnings(s):
+        print(f"  warning: {w}")
     rec = (s.get("finetune") or {}).get("recovery")
     if rec:
         print(f"  recovery on {rec['holdout_images']} held-out images: one-shot {rec['oneshot']:.4f}, best "
@@ -358,6 +376,17 @@ def _run_export(args) -> int:
         raise _usage(f"--out {out}: give a file name ending in .onnx")
     if out.is_dir():
         raise _usage(f"--out {out} is a directory; give a file name ending in .onnx")
+    from .quantize import MODES
+
+    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or len(set(modes)) != len(modes):
+        raise _usage(f"--quantize {args.quantize}: give dynamic, static or dynamic,static")
+    if "static" in modes and not run and args.data is None:
+        raise _usage("--quantize static calibrates on training images: give --data (a dataset with train and test "
+                     "splits), or export from a run directory")
+    if not 0 <= args.max_int8_drop < 1:
+        raise _usage(f"--max-int8-drop must be in [0, 1), not {args.max_int8_drop}")
     model, structure = load_pruned(model_dir)
     size = structure["data_config"].get("input_size") or [3, *model.patch_embed.img_size]
     images = _run_images(target, structure) if run else None
@@ -373,7 +402,60 @@ def _run_export(args) -> int:
           f"max |onnxruntime - PyTorch| {worst:.2e} at batch 1 and 8 on {'evaluation images' if run else 'random inputs'}")
     if classes is not None:
         print(f"outputs are the original classes {classes} (ONNX metadata prune.classes)")
-    return 0
+    flagged = 0
+    for mode in modes:
+        flagged += _export_int8(out, mode, target if run else None, args, structure)
+    return 1 if flagged else 0
+
+
+def _export_int8(fp32, mode: str, run, args, structure) -> bool:
+    """Quantise `fp32` with `mode`, judge it on evaluation images, print the verdict; True if flagged."""
+    from .quantize import int8_name, judge, quantize_onnx
+
+    q = fp32.with_name(f"{int8_name(fp32.stem, mode)}.onnx")
+    data = _split_data(run, args.data, "train", structure, 256) if mode == "static" else None
+    calibration = None if data is None else (lambda: (data[0][s:s + 64].numpy() for s in range(0, len(data[0]), 64)))
+    meta = quantize_onnx(fp32, q, mode, calibration)
+    evals = _split_data(run, args.data, "eval", structure, args.images)
+    if evals is None:
+        print(f"wrote {q} ({meta['bytes']:,} bytes, {meta['format']}); not judged: no evaluation images "
+              "(give --data, or export from a run directory)")
+        return False
+    x, y = evals
+    batches = lambda: ((x[s:s + 64].numpy(), y[s:s + 64].numpy()) for s in range(0, len(y), 64))  # noqa: E731
+    j = judge(q, fp32, batches, args.max_int8_drop)
+    print(f"wrote {q} ({meta['bytes']:,} bytes, {meta['format']}): top1 {j['top1']:.4f} vs fp32 {j['fp32_top1']:.4f} "
+          f"on {j['images']} evaluation images, agreement {j['agreement']:.4f}")
+    if not j["within_threshold"]:
+        print(f"prune: error: {q.name} loses {j['drop'] * 100:.2f} points top-1 against {fp32.name} (more than "
+              f"--max-int8-drop {args.max_int8_drop}): not recommended for deployment", file=sys.stderr)
+    return not j["within_threshold"]
+
+
+def _split_data(run, data: str | None, which: str, structure, n: int):
+    """`n` prepared images and labels of a run's train/eval split (or of --data's train/test split)."""
+    import yaml
+
+    from .data import find_columns, load_split, make_transform, stack_rows
+    from .models import DataConfig
+
+    if run is not None:
+        d = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("data", {})
+        source, split = d.get("source"), d.get("train_split" if which == "train" else "eval_split")
+        columns = (d.get("image_column"), d.get("label_column"))
+    elif data is not None:
+        source, split, columns = data, "train" if which == "train" else "test", (None, None)
+    else:
+        return None
+    ds = load_split(source, split)
+    img, lab = find_columns(ds, *columns)
+    cfg = structure["data_config"]
+    tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                                   cfg["interpolation"], cfg["crop_pct"]))
+    import random
+
+    rows = sorted(random.Random(0).sample(range(len(ds)), min(n, len(ds))))
+    return stack_rows(ds, tf, img, lab, split, rows)
 
 
 def _run_images(run, structure):

@@ -167,6 +167,17 @@ class ExportCfg(_Section):
     enabled: bool = True
     opset: int = Field(18, ge=13)
     atol: float = Field(1e-4, gt=0)  # max |ORT - PyTorch| of the logits (scaled by max |logit| when > 1)
+    quantize: list[Literal["dynamic", "static"]] = Field(default_factory=list)  # int8 files beside fp32 (empty: none)
+    calibration_images: int = Field(256, ge=1)  # static int8: training images that calibrate activation ranges
+    max_int8_drop: float = Field(0.01, ge=0, lt=1)  # an int8 file losing more top-1 than this vs fp32 is flagged
+    fail_on_int8_drop: bool = False  # and then the run exits non-zero (after writing everything)
+
+    @field_validator("quantize")
+    @classmethod
+    def _once(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("a quantisation mode is listed twice")
+        return v
 
 
 class BenchCfg(_Section):

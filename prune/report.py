@@ -30,24 +30,55 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def artifact_rows(m: dict) -> list[dict]:
+    """One row per artifact the run measured: the PyTorch models (dense, pruned, fine-tuned) and the int8
+    ONNX files (`export.quantize`), each with its accuracy, its structure (for params and MACs) and the name
+    its latency is filed under per engine (None where that engine did not run it)."""
+    lat = m.get("latency", {})
+    rows = []
+    for a in run_artifacts(m):
+        acc = m["accuracy"][a.name]
+        rows.append({"name": a.name, "top1": acc["top1"], "top5": acc["top5"], "structure": a.structure,
+                     "latency": {eng: a.structure for eng in lat}})
+    for name, p in (m.get("onnx") or {}).items():
+        if "int8" in p:
+            structure = "dense" if p["of"] == "dense" else "pruned"
+            rows.append({"name": name, "top1": p["int8"]["top1"], "top5": None, "structure": structure,
+                         "latency": {eng: name if name in lat[eng] else None for eng in lat},
+                         "flag": not p["int8"]["within_threshold"]})
+    return rows
+
+
+def int8_warnings(m: dict) -> list[str]:
+    """One line per int8 file that loses more top-1 against its fp32 file than the recipe allows."""
+    out = []
+    for name, p in (m.get("onnx") or {}).items():
+        j = p.get("int8")
+        if j and not j["within_threshold"]:
+            out.append(f"{name}.onnx loses {j['drop'] * 100:.2f} points top-1 against {p['of']}.onnx "
+                       f"({j['top1']:.4f} vs {j['fp32_top1']:.4f}; threshold {j['max_drop'] * 100:.2f}): "
+                       "not recommended for deployment")
+    return out
+
+
 def render_markdown(m: dict) -> str:
-    """A person's view of `metrics.json`: dense vs pruned vs fine-tuned."""
-    rows = run_artifacts(m)
+    """A person's view of `metrics.json`: every artifact's accuracy, size and latency."""
     lat = m.get("latency", {})
     lines = [f"# {m['recipe']}: {m['importance']} importance, {describe_target(m)}", "",
              f"Model `{m['model']}` on `{m['data']}`; prune scope {m['prune']['scope']}, compensation "
              f"{m['prune']['compensate']}.", ""]
+    lines += [f"**Warning**: {w}" for w in int8_warnings(m)] + ([""] if int8_warnings(m) else [])
     header = ["model", "top-1", "top-5", "params", "MACs"]
     engines = [(eng, b) for eng in ("onnxruntime", "onnxruntime_cuda", "pytorch") if eng in lat for b in lat[eng]["dense"]]
     header += [f"{eng} b{b} ms" for eng, b in engines] + [f"{eng} b{b} speed-up" for eng, b in engines]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for a in rows:
-        r, struct = a.name, a.structure
-        acc = m["accuracy"][r]
-        cells = [r, _fmt(acc["top1"], ".4f"), _fmt(acc["top5"], ".4f"), f"{m['params'][struct]:,}", f"{m['macs'][struct]:,}"]
-        ms = [lat[eng][struct][b]["median_ms"] for eng, b in engines]
+    for row in artifact_rows(m):
+        struct = row["structure"]
+        cells = [row["name"] + (" (flagged)" if row.get("flag") else ""), _fmt(row["top1"], ".4f"),
+                 _fmt(row["top5"], ".4f"), f"{m['params'][struct]:,}", f"{m['macs'][struct]:,}"]
+        ms = [lat[eng][row["latency"][eng]][b]["median_ms"] if row["latency"].get(eng) else None for eng, b in engines]
         dense_ms = [lat[eng]["dense"][b]["median_ms"] for eng, b in engines]
-        cells += [f"{v:.2f}" for v in ms] + [f"{d / v:.2f}x" for d, v in zip(dense_ms, ms)]
+        cells += [_fmt(v, ".2f") for v in ms] + ["-" if v is None else f"{d / v:.2f}x" for d, v in zip(dense_ms, ms)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"MACs ratio pruned/dense: {m['macs']['pruned'] / m['macs']['dense']:.3f} "
               f"(the speed-up a perfect kernel would give: {m['macs']['dense'] / m['macs']['pruned']:.2f}x). "
@@ -64,6 +95,12 @@ def render_markdown(m: dict) -> str:
                       f"({'the one-shot weights' if rec['best_epoch'] == 0 else 'epoch ' + str(rec['best_epoch'])}).", ""]
     if "onnx" in m:
         for name, p in m["onnx"].items():
+            if "int8" in p:
+                j = p["int8"]
+                lines.append(f"ONNX `{name}` ({p['format']}, {', '.join(p['ops'])} in int8): top-1 {j['top1']:.4f} vs "
+                             f"{j['fp32_top1']:.4f} for `{p['of']}` in fp32 on {j['images']} images, top-1 agreement "
+                             f"{j['agreement']:.4f}.")
+                continue
             diffs = ", ".join(f"batch {k.split('_')[1]}: {v['max_abs_diff']:.2e}" for k, v in p["parity"].items()
                               if k.startswith("batch_"))
             lines.append(f"ONNX `{name}` (opset {p['opset']}): max |ORT - PyTorch| {diffs} (tolerance {p['parity']['atol']}).")
@@ -100,9 +137,12 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
     if eng:
         b = sorted(lat[eng]["dense"], key=int)[0]
         fig, ax = plt.subplots(figsize=(5, 4))
-        for a in run_artifacts(m):
-            x = lat[eng][a.structure][b]["median_ms"]
-            ax.scatter([x], [m["accuracy"][a.name]["top1"] * 100], s=60, label=a.name)
+        for row in artifact_rows(m):
+            key = row["latency"].get(eng)
+            if key is None:
+                continue
+            ax.scatter([lat[eng][key][b]["median_ms"]], [row["top1"] * 100], s=60, label=row["name"],
+                       marker="^" if "int8" in row["name"] else "o")
         ax.set_xlabel(f"{eng} latency, batch {b} (ms, median)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title("accuracy vs latency")

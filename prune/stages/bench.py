@@ -1,7 +1,9 @@
-"""The bench stage: latency of the dense and the final model, PyTorch and onnxruntime, measured in one run."""
+"""The bench stage: latency of every artifact in one run: the dense and the final model in PyTorch, and every
+ONNX file the export stage wrote (fp32 and int8) in onnxruntime."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -34,11 +36,13 @@ def build(ctx, out: Path) -> dict:
                                      data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
     if b.onnxruntime:
         exp = ctx.run_dir.path(export.NAME)
+        files = list(json.loads((exp / "export.json").read_text()))  # fp32 and int8 artifacts
         engines = [("onnxruntime", "CPUExecutionProvider")]
         if cuda_provider_available():
             engines.append(("onnxruntime_cuda", "CUDAExecutionProvider"))
         for engine, provider in engines:
-            latency[engine] = measure({name: ort_runner(exp / f"{name}.onnx", b.threads, provider) for name in models},
+            names = files if provider == "CPUExecutionProvider" else list(models)  # int8 kernels are CPU ones
+            latency[engine] = measure({name: ort_runner(exp / f"{name}.onnx", b.threads, provider) for name in names},
                                       data_cfg.input_size, b.batch_sizes, b.warmup, b.repeats)
     info = {"latency": latency, "warmup": b.warmup, "repeats": b.repeats,
             "threads": b.threads or torch.get_num_threads(), **threads_info()}

@@ -1,4 +1,6 @@
-"""The export stage: ONNX files of the dense and the final model, each checked against PyTorch with onnxruntime."""
+"""The export stage: ONNX files of the dense and the final model, each checked against PyTorch with onnxruntime,
+and (`export.quantize`) their int8 versions, each judged by top-1 and agreement with its fp32 file on the
+evaluation images (`prune/quantize.py`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 from ..artifacts import final_stage
 from ..export import export_checked
 from ..io import write_json
+from ..quantize import int8_name, judge, quantize_onnx
 
 NAME = "export"
 DISTRIBUTED = False
@@ -33,5 +36,28 @@ def build(ctx, out: Path) -> dict:
         info[name] = meta
         ctx.log(f"[export] {name}.onnx: max |ORT - PyTorch| "
                 f"{max(v['max_abs_diff'] for k, v in meta['parity'].items() if k.startswith('batch_')):.2e}")
+    for name in list(models):
+        for mode in e.quantize:
+            info[int8_name(name, mode)] = _int8(ctx, out, name, mode, data_cfg)
     write_json(out / "export.json", info)
     return info
+
+
+def _int8(ctx, out: Path, name: str, mode: str, data_cfg) -> dict:
+    """Quantise `name.onnx`, then judge it against the fp32 file on the evaluation images."""
+    r, e = ctx.r, ctx.r.export
+    calibration = None
+    if mode == "static":
+        loader = ctx.loader(r.data.train_split, data_cfg, e.calibration_images, seed=r.importance.seed)
+        calibration = lambda: (x.cpu().numpy() for x, _ in ctx.batches(loader, "calibration"))  # noqa: E731
+    q = int8_name(name, mode)
+    meta = quantize_onnx(out / f"{name}.onnx", out / f"{q}.onnx", mode, calibration)
+    evals = ctx.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0)
+    meta["int8"] = judge(out / f"{q}.onnx", out / f"{name}.onnx",
+                         lambda: ((x.cpu().numpy(), y.cpu().numpy()) for x, y in ctx.batches(evals, "export")), e.max_int8_drop)
+    meta["of"] = name
+    j = meta["int8"]
+    verdict = "" if j["within_threshold"] else (f"; loses more than {e.max_int8_drop * 100:.1f} points: "
+                                                "not recommended for deployment")
+    ctx.log(f"[export] {q}.onnx: top1 {j['top1']:.4f} (fp32 {j['fp32_top1']:.4f}), agreement {j['agreement']:.4f}{verdict}")
+    return meta
