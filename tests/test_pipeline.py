@@ -163,21 +163,30 @@ def test_bad_eval_row_stops_cleanly_or_is_skipped(tmp_path, capsys):
 
 
 def test_vit_b16_recipe_mechanics_at_full_size(tmp_path, capsys):
-    """The shipped ImageNet recipe, random weights, a handful of local 224px images: 12 x 3072 -> half, in blocks of 64."""
+    """The shipped ImageNet recipe, random weights, a handful of local 224px images: 12 blocks of 12 heads and
+    3072 neurons -> half the MACs, heads as per-block counts, FFN widths in blocks of 64; exported and benchmarked."""
     data = _local_dataset(tmp_path / "data", {"train": [0, 1, 2, 3], "validation": [0, 1]}, 224)
     sets = [f"data.source={data}", "data.image_column=img", "model.pretrained=false", "data.skip_bad=true",
             "data.num_workers=0", "data.batch_size=4", "paths.images_per_class=1", "paths.steps=2",
             "paths.top_k=2", "paths.batch_size=4", "importance.calibration_images=4"]
-    sets += ["finetune.epochs=0", "export.enabled=false", "bench.enabled=false"]
+    sets += ["finetune.epochs=0", "bench.batch_sizes=[1]", "bench.repeats=1", "bench.warmup=0", "bench.pytorch=false"]
     code = main(["--recipe", "vit_b16_50pct.yaml", "--out", str(tmp_path / "run"), "--quiet",
                  *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "run/summary.json").read_text())
-    widths = summary["ffn_widths"]["pruned"]
-    assert summary["ffn_widths"]["dense"] == [3072] * 12 and summary["importance"] == "activation_taylor"
-    # global budgets rounded up to multiples of 64: half the neurons, at most one round-up per block more
-    assert all(w % 64 == 0 and 0 < w <= 3072 for w in widths) and 12 * 1536 <= sum(widths) < 12 * 1536 + 12 * 64
-    assert "paths" not in summary  # the shipped criterion needs no discovery
-    model, _ = load_pruned(tmp_path / "run/prune")
+    assert summary["importance"] == "activation_taylor" and "paths" not in summary  # no discovery needed
+    assert summary["prune"]["units"] == ["ffn", "heads"] and summary["prune"]["macs_ratio"] == 0.5
+    widths, heads = summary["widths"]["ffn"], summary["widths"]["heads"]
+    assert widths["dense"] == [3072] * 12 and heads["dense"] == [12] * 12
+    assert all(w % 64 == 0 and 0 <= w <= 3072 for w in widths["pruned"])  # rounded up to multiples of 64
+    assert heads["pruned"] != [12] * 12 and all(0 <= h <= 12 for h in heads["pruned"])
+    # half the MACs, less at most what rounding the FFN widths up to 64 gives back (one 64-block per block)
+    removed = 1 - summary["macs"]["pruned"] / summary["macs"]["dense"]
+    assert 0.5 - 12 * 64 * 197 * 2 * 768 / summary["macs"]["dense"] <= removed
+    model, structure = load_pruned(tmp_path / "run/prune")
+    assert [b.attn.num_heads if hasattr(b.attn, "num_heads") else 0 for b in model.blocks] == heads["pruned"]
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    parity = summary["onnx"]["pruned"]["parity"]
+    assert all(v["max_abs_diff"] <= v["tolerance"] for k, v in parity.items() if k.startswith("batch_"))
+    assert set(summary["latency"]["onnxruntime"]) == {"dense", "pruned"}
