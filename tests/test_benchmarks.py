@@ -191,3 +191,26 @@ def test_summarize_variants_table_one_column_per_ratio(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| variant | budgets | 50% | 70% |" in out and "| dense | | 60.00 | 60.00 |" in out
     assert "| IG log p, abs | global | 59.00 | 58.00 |" in out and "| IG log p, signed | uniform | - | 40.00 |" in out
+
+
+def test_heads_budget_quick(tmp_path):
+    """Every method at one MACs target: reached (or marked unreachable), exported, timed, recovered, plotted."""
+    out = tmp_path / "hb"
+    load("heads_budget").main(["--quick", "--out", str(out)])
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "oneshot.csv"))}
+    assert set(rows) == {"ffn", "heads", "both", "tp"}
+    assert rows["heads"]["note"] == "unreachable under the caps"  # heads alone hold less than half the MACs
+    for m in ("ffn", "both", "tp"):
+        assert 0.5 <= float(rows[m]["macs_removed"]) < 0.56 and 0 < float(rows[m]["top1"]) <= 1
+    lat = {(r["artifact"], r["batch"]) for r in csv.DictReader(open(out / "latency.csv"))}
+    assert {("dense", "1"), ("both_0.5", "32"), ("tp_0.5", "1")} <= lat
+    rec = list(csv.DictReader(open(out / "recover.csv")))
+    assert {r["method"] for r in rec} == {"both", "tp"}
+    assert all(float(r["holdout_best"]) >= float(r["holdout_oneshot"]) for r in rec)  # never worse than one-shot
+    assert (out / "pareto.png").is_file()
+
+
+def test_one_pass_scoring_agrees_with_per_block(tmp_path):
+    load("one_pass_scoring").main(["--images", "16", "--json", str(tmp_path / "s.json")])
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["max_rel_diff"] < 1e-6 and r["heads_table_equal"] and r["blocks"] == 6
