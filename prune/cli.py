@@ -326,6 +326,15 @@ def _run_specialize(args) -> int:
     base = load_recipe(str(run / "recipe.yaml"), args.overrides)
     data = base.model_dump(mode="json")
     data["prune"]["classes"] = [int(c) if c.isdigit() else c for c in classes]
+    pr = data["prune"]
+    named = any(o.split("=", 1)[0].strip() == "prune.max_layer_ratio" for o in args.overrides)
+    if (not named and pr.get("macs_ratio") is None and pr["scope"] == "global"
+            and isinstance(pr["max_layer_ratio"], (int, float)) and pr["max_layer_ratio"] < pr["ratio"] + 0.05):
+        # a specialised model removes most units; a cap at the ratio itself is unreachable once every block
+        # keeps its rounded-up share, so give the cap room unless the user set it
+        pr["max_layer_ratio"] = min(1.0, round(pr["ratio"] + 0.05, 4))
+        print(f"[specialize] prune.max_layer_ratio {pr['max_layer_ratio']} (the ratio + 0.05) so that prune.ratio "
+              f"{pr['ratio']} is reachable; set prune.max_layer_ratio to choose another")
     from pydantic import ValidationError
 
     from .recipe import _describe

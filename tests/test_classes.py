@@ -106,6 +106,25 @@ def test_specialize_reuses_the_runs_paths_and_matches_a_run_from_scratch(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_specialize_readme_example_reaches_its_ratio(tmp_path, capsys):
+    """`prune specialize RUN --classes 1,7 --set prune.ratio=0.9` (README, --help): the default cap 0.9 cannot
+    reach 0.9 once every block keeps its rounded-up share, so specialize gives the cap room and says so."""
+    assert run(tmp_path, "full", "export.enabled=false", "prune.scope=global") == 0
+    capsys.readouterr()
+    assert main(["specialize", str(tmp_path / "full"), "--classes", "1,7", "--quiet", "--set", "prune.ratio=0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "prune.max_layer_ratio 0.95" in out
+    summary = json.loads((tmp_path / "full-classes-1-7" / "summary.json").read_text())
+    assert summary["prune"]["ratio"] == 0.9 and summary["classes"] == [1, 7]
+    assert sum(summary["ffn_widths"]["pruned"]) == round(0.1 * sum(summary["ffn_widths"]["dense"]))
+    # a cap the user sets is kept, and an unreachable one fails before any work with the cap that would do
+    assert main(["specialize", str(tmp_path / "full"), "--classes", "1,7", "--quiet", "--set", "prune.ratio=0.9",
+                 "--set", "prune.max_layer_ratio=0.9", "--out", str(tmp_path / "capped")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unreachable" in err[0] and "raise prune.max_layer_ratio to 0.9" in err[0]
+    assert not (tmp_path / "capped").exists()
+
+
 @pytest.mark.parametrize("classes, msg", [("[]", "is empty"), ("[10]", "outside the model's 10 classes"),
                                           ("[3,3]", "listed twice"), ("[cat]", "unknown class name 'cat'")])
 def test_bad_classes_fail_before_any_work(tmp_path, capsys, classes, msg):
