@@ -403,8 +403,11 @@ def _run_export(args) -> int:
         images = torch.randn(8, *size, generator=torch.Generator().manual_seed(0))
     classes = structure.get("classes")
     out.parent.mkdir(parents=True, exist_ok=True)
+    from .export import deploy_metadata
+
+    names = _class_names(target if run else None, args.data)
     meta = export_checked(model, images, out, opset=args.opset, atol=args.atol,
-                          metadata=None if classes is None else {"prune.classes": json.dumps(classes)})
+                          metadata=deploy_metadata(structure["data_config"], names, classes))
     worst = max(v["max_abs_diff"] for k, v in meta["parity"].items() if k.startswith("batch_"))
     print(f"wrote {out} ({meta['bytes']:,} bytes, opset {args.opset}, weights "
           f"{'inline' if meta['weights_inline'] else 'external'}) from {model_dir}; "
@@ -465,6 +468,28 @@ def _split_data(run, data: str | None, which: str, structure, n: int):
 
     rows = sorted(random.Random(0).sample(range(len(ds)), min(n, len(ds))))
     return stack_rows(ds, tf, img, lab, split, rows)
+
+
+def _class_names(run, data: str | None) -> list[str] | None:
+    """Class names of a run's dataset (or of --data), from its label feature; None when unknown."""
+    import yaml
+
+    from .classes import class_names
+    from .data import find_columns, load_split
+    from .errors import PruneError
+
+    try:
+        if run is not None:
+            d = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("data", {})
+            source, split, columns = d["source"], d["train_split"], (d.get("image_column"), d.get("label_column"))
+        elif data is not None:
+            source, split, columns = data, "train", (None, None)
+        else:
+            return None
+        ds = load_split(source, split)
+        return class_names(ds, find_columns(ds, *columns)[1])
+    except (PruneError, KeyError, OSError):
+        return None
 
 
 def _run_images(run, structure):

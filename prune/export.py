@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import contextlib
 import io
 import os
@@ -66,6 +68,24 @@ def export_checked(model: torch.nn.Module, images: torch.Tensor, path: str | Pat
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     meta["path"] = str(path)
+    return meta
+
+
+def deploy_metadata(data_config: dict, class_names: list[str] | None = None,
+                    classes: list[int] | None = None) -> dict[str, str]:
+    """What a deployer needs beside the file, as ONNX `metadata_props` (JSON values): the input size and
+    preprocessing (`prune.input_size`, `prune.mean`, `prune.std`, `prune.interpolation`, `prune.crop_pct`),
+    the name of every output (`prune.class_names`) and, for a specialised model, the original class id of
+    every output (`prune.classes`)."""
+    meta = {f"prune.{k}": json.dumps(data_config[k]) for k in ("input_size", "mean", "std", "crop_pct")
+            if k in data_config}
+    if "interpolation" in data_config:
+        meta["prune.interpolation"] = str(data_config["interpolation"])
+    if class_names is not None:
+        names = class_names if classes is None else [class_names[c] for c in classes]
+        meta["prune.class_names"] = json.dumps(names)
+    if classes is not None:
+        meta["prune.classes"] = json.dumps(classes)
     return meta
 
 

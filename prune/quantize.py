@@ -73,11 +73,23 @@ def quantize_onnx(fp32: str | Path, out: str | Path, mode: str,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": True})
+        _copy_metadata(fp32, target)
         os.replace(target, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return {"mode": mode, "path": out.name, "bytes": out.stat().st_size, "ops": OPS, "per_channel": per_channel,
             "format": "QOperator (dynamic)" if mode == "dynamic" else "QDQ S8S8"}
+
+
+def _copy_metadata(src: Path, dst: Path) -> None:
+    """The fp32 file's `metadata_props` (preprocessing, class names) onto the int8 file."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    if meta:
+        from .export import _add_metadata
+
+        _add_metadata(dst, meta)
 
 
 def onnx_predictions(path: str | Path, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -104,6 +104,12 @@ class RunContext:
             self._classes = resolve_classes(self.r.prune.classes, self.dense_num_classes, class_names(ds, lab))
         return self._classes
 
+    def class_names(self) -> list[str] | None:
+        """The dense model's class names from the dataset's label feature (None when it has none)."""
+        ds, _, lab = self.split(self.r.data.train_split)
+        names = class_names(ds, lab)
+        return names if names is not None and len(names) == self.dense_num_classes else None
+
     @property
     def dense_num_classes(self) -> int:
         return int(self._loaded()[0].num_classes)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..artifacts import final_stage
-from ..export import export_checked
+from ..export import deploy_metadata, export_checked
 from ..io import write_json
 from ..quantize import int8_name, judge, quantize_onnx
 
@@ -27,8 +27,7 @@ def build(ctx, out: Path) -> dict:
     e = ctx.r.export
     data_cfg, models = ctx.shipped_models()
     images = ctx.eval_images(data_cfg)
-    classes = ctx.classes()
-    metadata = None if classes is None else {"prune.classes": json.dumps(classes)}
+    metadata = deploy_metadata(data_cfg.as_dict(), ctx.class_names(), ctx.classes())
     info = {}
     for name, model in models.items():
         meta = export_checked(model.cpu(), images, out / f"{name}.onnx", opset=e.opset, atol=e.atol, metadata=metadata)
