@@ -72,6 +72,77 @@ def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_si
     return out
 
 
+class CpuWatch:
+    """How much of the machine's CPU time other processes used while this one measured (Linux `/proc/stat`
+    against this process's own CPU time): a benchmark sharing its cores with other work is noise."""
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        self.end = self._read()
+
+    @staticmethod
+    def _read():
+        busy = None
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        t = os.times()
+        return busy, t.user + t.system, time.perf_counter()
+
+    def other_share(self) -> float | None:
+        """Share of all cores' time that other processes were busy during the watch (None where unknown)."""
+        (b0, own0, w0), (b1, own1, w1) = self.start, self.end
+        if b0 is None or b1 is None or w1 <= w0:
+            return None
+        return max(0.0, ((b1 - b0) - (own1 - own0)) / ((w1 - w0) * (os.cpu_count() or 1)))
+
+
+NOISY_SPREAD = 1.25  # p90 / median above this: the runs of one contender disagree
+NOISY_OTHERS = 0.10  # other processes busy for more than this share of the cores
+
+
+def noise_report(result: dict, other_share: float | None) -> dict:
+    """Whether a `measure` result is trustworthy: the worst p90/median spread, the other processes' CPU
+    share, and the reasons it is flagged (empty: not noisy)."""
+    spreads = {f"{name} b{b}": r["p90_ms"] / r["median_ms"] for name, per in result.items() for b, r in per.items()}
+    worst = max(spreads, key=spreads.get) if spreads else None
+    reasons = []
+    if worst is not None and spreads[worst] > NOISY_SPREAD:
+        reasons.append(f"p90 is {spreads[worst]:.2f}x the median ({worst})")
+    if other_share is not None and other_share > NOISY_OTHERS:
+        reasons.append(f"other processes used {other_share:.0%} of the CPU time during the measurement")
+    return {"noisy": bool(reasons), "reasons": reasons, "max_spread": spreads.get(worst) if worst else None,
+            "other_cpu_share": other_share}
+
+
+def measure_until_stable(runners: dict[str, Callable], input_shape, batch_sizes=(1, 32), warmup: int = 3,
+                         repeats: int = 20, max_rounds: int = 5, tolerance: float = 0.03) -> tuple[dict, dict]:
+    """`measure` under a `CpuWatch`, repeated (up to `max_rounds`) until no median moves more than
+    `tolerance` from one round to the next; returns the last result and its `noise_report` (with the rounds)."""
+    previous, rounds = None, 0
+    while True:
+        rounds += 1
+        with CpuWatch() as watch:
+            result = measure(runners, input_shape, batch_sizes, warmup, repeats, seed=rounds - 1)
+        moved = None if previous is None else max(
+            abs(result[n][b]["median_ms"] / previous[n][b]["median_ms"] - 1) for n in result for b in result[n])
+        if moved is not None and moved <= tolerance or rounds >= max_rounds:
+            break
+        previous = result
+    report = noise_report(result, watch.other_share())
+    report["rounds"] = rounds
+    if moved is not None and moved > tolerance:
+        report["noisy"] = True
+        report["reasons"].append(f"medians still moved {moved:.0%} between the last two of {rounds} rounds")
+    return result, report
+
+
 def threads_info() -> dict:
     return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}

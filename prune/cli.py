@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=20, help="timed runs of every contender (default: 20)")
     b.add_argument("--threads", type=int, default=None,
                    help="torch / onnxruntime intra-op threads (default: torch's own choice)")
+    b.add_argument("--until-stable", action="store_true",
+                   help="repeat the measurement (up to 5 rounds) until no median moves more than 3%%")
     b.add_argument("--json", default=None, help="also write the measurements to this file")
     return parser
 
@@ -184,7 +186,7 @@ def _run_bench(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from .bench import load_any, measure, ort_runner, threads_info, torch_runner
+    from .bench import load_any, measure_until_stable, ort_runner, threads_info, torch_runner
     from .export import export_onnx
     from .io import write_json
     from .pruning import count_params_macs
@@ -225,17 +227,22 @@ def _run_bench(args) -> int:
                     runners[f"{name} onnxruntime"] = ort_runner(path, args.threads)
             else:
                 runners[f"{name} onnxruntime"] = ort_runner(obj, args.threads)
-        result = measure(runners, shape, sizes, args.warmup, args.repeats)
+        result, noise = measure_until_stable(runners, shape, sizes, args.warmup, args.repeats,
+                                             max_rounds=5 if args.until_stable else 1)
     print(f"input {tuple(shape)}, threads {args.threads or threads_info()['torch_threads']}, "
-          f"median of {args.repeats} alternating runs")
+          f"median of {args.repeats} alternating runs" + (f", {noise['rounds']} rounds" if args.until_stable else ""))
     for name, per in info.items():
         print(f"  {name}: {per['params']:,} params, {per['macs']:,} MACs")
     for b in map(str, sizes):
         for name, r in result.items():
-            print(f"  batch {b:>4s}  {name:28s} {r[b]['median_ms']:9.3f} ms  p90 {r[b]['p90_ms']:9.3f} ms  "
+            mark = "~" if noise["noisy"] else " "
+            print(f"  batch {b:>4s}  {name:28s}{mark}{r[b]['median_ms']:9.3f} ms  p90 {r[b]['p90_ms']:9.3f} ms  "
                   f"{r[b]['images_per_s']:10.1f} img/s")
+    if noise["noisy"]:
+        print(f"  warning: noisy measurement: {'; '.join(noise['reasons'])}; figures marked ~ are rough "
+              "(stop other work on the machine, or use --until-stable)")
     if args.json:
-        write_json(args.json, {"latency": result, "models": info, **threads_info()})
+        write_json(args.json, {"latency": result, "noise": noise, "models": info, **threads_info()})
     return 0
 
 
@@ -300,7 +307,9 @@ def _print_summary(s: dict, out: str) -> None:
         print(f"  specialised to classes {s['classes']} (original ids; accuracy on their test images only)")
     for name, *vals in rows:
         print(f"  {name:20s}" + "".join(f"{v:>{max(14, len(h) + 2)}s}" for v, h in zip(vals, rows[0][1:])))
-    for w in int8_warnings(s):
+    from .report import noise_warnings
+
+    for w in int8_warnings(s) + noise_warnings(s):
         print(f"  warning: {w}")
     rec = (s.get("finetune") or {}).get("recovery")
     if rec:

@@ -188,6 +188,7 @@ class BenchCfg(_Section):
     threads: int | None = Field(None, ge=1)  # None: torch's default
     pytorch: bool = True
     onnxruntime: bool = True
+    until_stable: bool = False  # repeat the measurement (up to 5 rounds) until no median moves more than 3%
 
     @field_validator("batch_sizes")
     @classmethod

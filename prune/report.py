@@ -61,13 +61,20 @@ def int8_warnings(m: dict) -> list[str]:
     return out
 
 
+def noise_warnings(m: dict) -> list[str]:
+    """One line per engine whose latency figures are flagged noisy by the bench stage."""
+    return [f"{eng} latency is noisy ({'; '.join(n['reasons'])}): treat its figures as rough"
+            for eng, n in ((m.get("bench") or {}).get("noise") or {}).items() if n.get("noisy")]
+
+
 def render_markdown(m: dict) -> str:
     """A person's view of `metrics.json`: every artifact's accuracy, size and latency."""
     lat = m.get("latency", {})
     lines = [f"# {m['recipe']}: {m['importance']} importance, {describe_target(m)}", "",
              f"Model `{m['model']}` on `{m['data']}`; prune scope {m['prune']['scope']}, compensation "
              f"{m['prune']['compensate']}.", ""]
-    lines += [f"**Warning**: {w}" for w in int8_warnings(m)] + ([""] if int8_warnings(m) else [])
+    warnings = int8_warnings(m) + noise_warnings(m)
+    lines += [f"**Warning**: {w}" for w in warnings] + ([""] if warnings else [])
     header = ["model", "top-1", "top-5", "params", "MACs"]
     engines = [(eng, b) for eng in ("onnxruntime", "onnxruntime_cuda", "pytorch") if eng in lat for b in lat[eng]["dense"]]
     header += [f"{eng} b{b} ms" for eng, b in engines] + [f"{eng} b{b} speed-up" for eng, b in engines]
