@@ -9,11 +9,14 @@ import sys
 from .errors import PruneError
 
 DESCRIPTION = """\
-prune: find the neuron paths a Vision Transformer relies on, and prune the FFN neurons off them.
+prune: score a Vision Transformer's FFN neurons and attention heads by their attribution, and remove
+the ones it can spare.
 
   prune --recipe quickstart.yaml [--set prune.ratio=0.3 ...] [--out DIR]
-        run a recipe: discover paths -> score neurons -> prune FFN channels -> evaluate,
+        run a recipe: score units -> prune FFN neurons (and heads) -> evaluate -> fine-tune -> export,
         each stage a sub-directory of the run (unchanged stages are reused, so runs resume)
+  prune convert MODEL --out DIR
+                         a timm model (hub weights or a safetensors checkpoint) as a model directory
   prune recipes          list the recipes shipped with the package
   prune paths ...        discover neuron paths over a dataset on their own
   prune specialize RUN --classes cat,dog
@@ -134,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--update", action="store_true",
                     help="accept a changed recipe in an existing --out; unchanged stages are reused")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cv = sub.add_parser(
+        "convert", help="turn a timm model (hub weights or a safetensors checkpoint) into a model directory",
+        description="Write DIR/config.json (architecture, model_kwargs, mean, std, interpolation, crop_pct) and "
+                    "DIR/model.safetensors, the model directory a recipe's model.name takes. MODEL is a timm "
+                    "model name; its weights come from the timm hub (--pretrained) or from --checkpoint, a "
+                    "safetensors state dict (pickled .pth/.bin files are refused: prune never unpickles). The "
+                    "model is built and checked as a ViT prune can prune before anything is written. Examples:\n\n"
+                    "  prune convert vit_small_patch16_224.augreg_in21k_ft_in1k --pretrained --out models/vit_s16\n"
+                    "  prune convert vit_tiny_patch16_224 --kwargs '{\"img_size\": 32, \"patch_size\": 4, "
+                    "\"num_classes\": 10}' \\\n      --checkpoint weights.safetensors --out models/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv.add_argument("model", help="timm model name, e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k")
+    cv.add_argument("--out", required=True, help="model directory to write (must not exist)")
+    cv.add_argument("--pretrained", action="store_true", help="timm hub weights (downloaded once, then cached)")
+    cv.add_argument("--checkpoint", default=None, help="a safetensors file with the model's state dict")
+    cv.add_argument("--kwargs", default="{}", help="JSON of timm.create_model arguments (img_size, num_classes, ...)")
+    cv.add_argument("--mean", default=None, help="input mean, comma-separated (default: timm's for the model)")
+    cv.add_argument("--std", default=None, help="input std, comma-separated (default: timm's for the model)")
     ex = sub.add_parser(
         "export", help="write the ONNX file of a pruned model or a run's final model, checked with onnxruntime",
         description="Export for deployment: dynamic batch axis, weights inline below 1 GiB (external data above), "
@@ -522,6 +543,65 @@ def _run_images(run, structure):
         return None
 
 
+def _run_convert(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.exists():
+        raise _usage(f"--out {out} exists; give a new directory")
+    try:
+        kwargs = json.loads(args.kwargs)
+        assert isinstance(kwargs, dict)
+    except (ValueError, AssertionError):
+        raise _usage(f"--kwargs must be a JSON object of timm.create_model arguments, not {args.kwargs!r}") from None
+    if args.pretrained and args.checkpoint:
+        raise _usage("give --pretrained (timm hub weights) or --checkpoint (a safetensors file), not both")
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    if ckpt is not None:
+        if not ckpt.is_file():
+            raise _usage(f"--checkpoint {ckpt} does not exist")
+        if ckpt.suffix != ".safetensors":
+            raise _usage(f"--checkpoint {ckpt}: give a safetensors file; prune never unpickles .pth/.bin files "
+                         "(save one with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'))")
+    stats = {}
+    for key in ("mean", "std"):
+        v = getattr(args, key)
+        if v is not None:
+            try:
+                stats[key] = [float(x) for x in v.split(",")]
+                assert len(stats[key]) == 3
+            except (ValueError, AssertionError):
+                raise _usage(f"--{key} must be three numbers separated by commas, not {v!r}") from None
+    import timm
+    from safetensors.torch import save_file
+    from timm.data import resolve_data_config
+
+    from .io import write_json
+    from .models import ViTAdapter, _create, _load_weights
+
+    model = _create(timm, args.model, pretrained=args.pretrained, **kwargs)
+    if ckpt is not None:
+        _load_weights(model, ckpt, f"{args.model} {kwargs}")
+    ViTAdapter(model.eval())  # a ViT prune can prune, or one error line naming what it lacks
+    cfg = resolve_data_config(model=model)
+    config = {"architecture": args.model, "model_kwargs": kwargs,
+              "mean": stats.get("mean", list(cfg["mean"])), "std": stats.get("std", list(cfg["std"])),
+              "interpolation": cfg.get("interpolation", "bicubic"), "crop_pct": float(cfg.get("crop_pct", 1.0))}
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        write_json(tmp / "config.json", config)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}/config.json and model.safetensors ({sum(p.numel() for p in model.parameters()):,} params, "
+          f"{len(model.blocks)} blocks); use it with --set model.name={out}")
+    return 0
+
+
 def _list_recipes(args) -> int:
     from .recipe import PACKAGED, packaged_recipes
 
@@ -547,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             return _run_recipe(args)
         return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench,
-                "specialize": _run_specialize, "export": _run_export}[args.command](args)
+                "specialize": _run_specialize, "export": _run_export, "convert": _run_convert}[args.command](args)
     except PruneError as e:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message
