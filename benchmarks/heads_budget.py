@@ -15,7 +15,8 @@ Phases (`--phases`; each writes its rows as they arrive, `--resume` keeps rows a
            alternating run (give it the machine to itself)
   recover  the same recovery for every method at `--recover-targets` (seed 0): distillation from the dense
            model, keep-best on a held-out slice of the training split, then top-1 on the evaluation images
-  plot     accuracy vs onnxruntime batch-1 latency (pareto.png)
+  plot     accuracy vs onnxruntime latency at batch 1 and 32 (pareto.png)
+  table    the markdown table of RESULTS.md (table.md): mean and spread over seeds, speed-ups, recovery
 
     python benchmarks/heads_budget.py --model ../shared/models/vit_tiny_cifar10 --data ../shared/data/cifar10 \\
         --out benchmarks/results/heads_budget_vit_tiny_cifar10
@@ -309,6 +310,34 @@ class Bench:
         fig.suptitle(f"{Path(self.args.model).name}: accuracy vs latency (one-shot mean of seeds; recovered seed 0)")
         fig.savefig(self.out / "pareto.png", dpi=110, bbox_inches="tight")
         print(f"wrote {self.out / 'pareto.png'}")
+
+    def table(self):
+        import statistics
+
+        one = read_rows(self.out / "oneshot.csv")
+        lat = {(r["artifact"], r["batch"]): float(r["speedup"]) for r in read_rows(self.out / "latency.csv")}
+        rec = read_rows(self.out / "recover.csv")
+        lines = [f"Model `{Path(self.args.model).name}`, dense top-1 {float(one[0]['dense_top1']) * 100:.2f}%, "
+                 f"{int(one[0]['dense_macs']):,} MACs.", "",
+                 "| MACs removed (target) | method | one-shot top-1 (mean of seeds, min-max) | MACs removed | ORT b1 speed-up | "
+                 "ORT b32 speed-up | heads kept per block | recovered top-1 (best lr) |", "|---|---|---|---|---|---|---|---|"]
+        for t in self.targets:
+            for m in self.methods:
+                rows = [r for r in one if r["method"] == m and float(r["target"]) == t]
+                if not rows:
+                    continue
+                if not rows[0]["top1"]:
+                    lines.append(f"| {t:.2f} | {m} | unreachable under the caps | | | | | |")
+                    continue
+                accs = [float(r["top1"]) * 100 for r in rows]
+                key = f"{m}_{t}"
+                rr = [float(r["recovered_top1"]) * 100 for r in rec if r["method"] == m and float(r["target"]) == t]
+                heads = rows[0].get("heads") or f"embed {rows[0].get('embed_dim')}"
+                lines.append(f"| {t:.2f} | {m} | {statistics.mean(accs):.2f} ({min(accs):.2f}-{max(accs):.2f}, n={len(accs)}) | "
+                             f"{float(rows[0]['macs_removed']):.3f} | {lat.get((key, '1'), float('nan')):.2f}x | "
+                             f"{lat.get((key, '32'), float('nan')):.2f}x | {heads} | {f'{max(rr):.2f}' if rr else ''} |")
+        (self.out / "table.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 def UNIT_WIDTHS(model, kind):  # noqa: N802
