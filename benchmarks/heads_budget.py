@@ -11,6 +11,7 @@ Every method removes a share of the dense model's MACs (`--targets`, counted by 
 Phases (`--phases`; each writes its rows as they arrive, `--resume` keeps rows already written):
   oneshot  top-1 on the evaluation images for every (seed, target, method); seed 0's models are exported to
            OUT/onnx/ for the latency phase, prune's own also saved (safetensors + structure.json) to OUT/models/
+  export   re-make seed 0's OUT/onnx/ and OUT/models/ where missing (they are not committed: large)
   latency  onnxruntime CPU latency at batch 1 and 32 of the dense model and every exported model, in one
            alternating run (give it the machine to itself)
   recover  the same recovery for every method at `--recover-targets` (seed 0): distillation from the dense
@@ -204,15 +205,39 @@ class Bench:
                                    embed_dim=int(model.pos_embed.shape[-1]),
                                    scoring_seconds=prep["scoring_seconds"])
                         if seed == self.seeds[0]:
-                            name = f"{method}_{target}"
-                            export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")
-                            if kept is not None:
-                                save_pruned(model, self.out / "models" / name, self.spec, kept,
-                                            {u: UNIT_WIDTHS(self.dense, u) for u in kept}, self.data_cfg.as_dict())
+                            self._save(f"{method}_{target}", model, kept)
                     rows.append(row)
                     write_rows(path, rows)
                     print(f"seed {seed} target {target:.2f} {method:5s} top1 {row['top1'] if row['top1'] == '' else format(row['top1'], '.4f')}"
                           f" (dense {dense_top1:.4f}) {row['note']}", flush=True)
+
+    def _save(self, name: str, model, kept) -> None:
+        """The ONNX file (latency phase) and, for prune's own methods, the pruned-model directory."""
+        from prune.export import export_onnx
+        from prune.pruning import save_pruned
+
+        export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")
+        if kept is not None:
+            save_pruned(model, self.out / "models" / name, self.spec, kept,
+                        {u: UNIT_WIDTHS(self.dense, u) for u in kept}, self.data_cfg.as_dict())
+
+    def export(self):
+        """Re-make the first seed's ONNX files and model directories that are missing (they are not committed)."""
+        from prune.export import export_onnx
+
+        if not (self.out / "onnx" / "dense.onnx").is_file():
+            export_onnx(self.dense, self.example, self.out / "onnx" / "dense.onnx")
+        prep = None
+        for target in self.targets:
+            for method in self.methods:
+                name = f"{method}_{target}"
+                if (self.out / "onnx" / f"{name}.onnx").is_file():
+                    continue
+                prep = prep or self.prepare(self.seeds[0])
+                model, kept = self.prune(method, target, prep)
+                if model is not None:
+                    self._save(name, model, kept)
+                    print(f"exported {name}", flush=True)
 
     def latency(self):
         from prune.bench import measure, ort_runner
