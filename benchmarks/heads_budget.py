@@ -175,7 +175,7 @@ class Bench:
     # ----------------------------------------------------------------------------------- phases
     def oneshot(self):
         from prune.export import export_onnx
-        from prune.pruning import count_params_macs, save_pruned
+        from prune.pruning import count_params_macs
         from prune.units import FFN, HEADS
 
         path = self.out / "oneshot.csv"
