@@ -55,7 +55,10 @@ def test_full_quickstart_resumes_finetune_and_reports_metrics(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "[finetune] resuming from" in out and "[prune] unchanged" in out
     history = json.loads((root / "finetune/history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # 0: the one-shot weights on the held-out slice
+    rec = json.loads((root / "finetune/metrics.json").read_text())["recovery"]
+    best = max(history, key=lambda h: (h["eval_top1"], -h["epoch"]))  # the earliest of the best evaluations
+    assert rec["best_epoch"] == best["epoch"] and rec["best"] >= rec["oneshot"]
     assert not (root / ".checkpoints").exists() or not any((root / ".checkpoints").iterdir())
 
     metrics = json.loads((root / "report/metrics.json").read_text())
