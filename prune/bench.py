@@ -103,14 +103,16 @@ class CpuWatch:
         return max(0.0, ((b1 - b0) - (own1 - own0)) / ((w1 - w0) * (os.cpu_count() or 1)))
 
 
-NOISY_SPREAD = 1.25  # p90 / median above this: the runs of one contender disagree
+NOISY_SPREAD = 1.25  # p90 / median above this (and NOISY_SPREAD_MS apart): the runs of one contender disagree
+NOISY_SPREAD_MS = 0.25  # sub-millisecond runs jitter by a few tenths of a millisecond on any machine
 NOISY_OTHERS = 0.10  # other processes busy for more than this share of the cores
 
 
 def noise_report(result: dict, other_share: float | None) -> dict:
     """Whether a `measure` result is trustworthy: the worst p90/median spread, the other processes' CPU
     share, and the reasons it is flagged (empty: not noisy)."""
-    spreads = {f"{name} b{b}": r["p90_ms"] / r["median_ms"] for name, per in result.items() for b, r in per.items()}
+    spreads = {f"{name} b{b}": r["p90_ms"] / r["median_ms"] for name, per in result.items() for b, r in per.items()
+               if r["p90_ms"] - r["median_ms"] > NOISY_SPREAD_MS}
     worst = max(spreads, key=spreads.get) if spreads else None
     reasons = []
     if worst is not None and spreads[worst] > NOISY_SPREAD:

@@ -37,6 +37,8 @@ def test_spread_alone_flags_a_result():
     rep = noise_report(r, 0.0)
     assert rep["noisy"] and "p90 is 2.00x the median (a b1)" in rep["reasons"][0]
     assert not noise_report({"b": r["b"]}, 0.01)["noisy"]
+    # sub-millisecond jitter (0.5 -> 0.7 ms) is not noise
+    assert not noise_report({"c": {"1": {"median_ms": 0.5, "p90_ms": 0.7}}}, 0.0)["noisy"]
 
 
 def test_a_busy_bench_is_flagged_in_the_table_and_the_report(tmp_path, capsys):
