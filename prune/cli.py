@@ -444,28 +444,33 @@ def _run_export(args) -> int:
           f"max |onnxruntime - PyTorch| {worst:.2e} at batch 1 and 8 on {'evaluation images' if run else 'random inputs'}")
     if classes is not None:
         print(f"outputs are the original classes {classes} (ONNX metadata prune.classes)")
-    flagged = 0
-    for mode in modes:
-        flagged += _export_int8(out, mode, target if run else None, args, structure)
-    return 1 if flagged else 0
+    if not modes:
+        return 0
+    from .quantize import onnx_predictions
+
+    source = target if run else None
+    cal = _split_data(source, args.data, "train", structure, 256) if "static" in modes else None
+    calibration = None if cal is None else (lambda: (cal[0][s:s + 64].numpy() for s in range(0, len(cal[0]), 64)))
+    evals = _split_data(source, args.data, "eval", structure, args.images)
+    batches = None if evals is None else (
+        lambda: ((evals[0][s:s + 64].numpy(), evals[1][s:s + 64].numpy()) for s in range(0, len(evals[1]), 64)))
+    reference = None if evals is None else onnx_predictions(out, batches())  # fp32, once for every mode
+    flagged = [_export_int8(out, mode, calibration, batches, reference, args) for mode in modes]
+    return 1 if any(flagged) else 0
 
 
-def _export_int8(fp32, mode: str, run, args, structure) -> bool:
-    """Quantise `fp32` with `mode`, judge it on evaluation images, print the verdict; True if flagged."""
+def _export_int8(fp32, mode: str, calibration, batches, reference, args) -> bool:
+    """Quantise `fp32` with `mode`, judge it against the fp32 predictions `reference` on `batches()`, print the
+    verdict; True if flagged."""
     from .quantize import int8_name, judge, quantize_onnx
 
     q = fp32.with_name(f"{int8_name(fp32.stem, mode)}.onnx")
-    data = _split_data(run, args.data, "train", structure, 256) if mode == "static" else None
-    calibration = None if data is None else (lambda: (data[0][s:s + 64].numpy() for s in range(0, len(data[0]), 64)))
     meta = quantize_onnx(fp32, q, mode, calibration)
-    evals = _split_data(run, args.data, "eval", structure, args.images)
-    if evals is None:
+    if reference is None:
         print(f"wrote {q} ({meta['bytes']:,} bytes, {meta['format']}); not judged: no evaluation images "
               "(give --data, or export from a run directory)")
         return False
-    x, y = evals
-    batches = lambda: ((x[s:s + 64].numpy(), y[s:s + 64].numpy()) for s in range(0, len(y), 64))  # noqa: E731
-    j = judge(q, fp32, batches, args.max_int8_drop)
+    j = judge(q, reference, batches(), args.max_int8_drop)
     print(f"wrote {q} ({meta['bytes']:,} bytes, {meta['format']}): top1 {j['top1']:.4f} vs fp32 {j['fp32_top1']:.4f} "
           f"on {j['images']} evaluation images, agreement {j['agreement']:.4f}")
     if not j["within_threshold"]:
@@ -474,71 +479,62 @@ def _export_int8(fp32, mode: str, run, args, structure) -> bool:
     return not j["within_threshold"]
 
 
-def _split_data(run, data: str | None, which: str, structure, n: int):
-    """`n` prepared images and labels of a run's train/eval split (or of --data's train/test split)."""
+def _split(run, data: str | None, which: str):
+    """`(dataset, image column, label column, split name)` of a run's train/eval split, or of --data's
+    train/test split; None when there is neither."""
     import yaml
 
-    from .data import find_columns, load_split, make_transform, stack_rows
-    from .models import DataConfig
+    from .data import find_columns, load_split
 
     if run is not None:
         d = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("data", {})
-        source, split = d.get("source"), d.get("train_split" if which == "train" else "eval_split")
+        source, split = d["source"], d["train_split" if which == "train" else "eval_split"]
         columns = (d.get("image_column"), d.get("label_column"))
     elif data is not None:
         source, split, columns = data, "train" if which == "train" else "test", (None, None)
     else:
         return None
     ds = load_split(source, split)
-    img, lab = find_columns(ds, *columns)
+    return (ds, *find_columns(ds, *columns), split)
+
+
+def _split_data(run, data: str | None, which: str, structure, n: int, sample: bool = True):
+    """`n` prepared images and labels of `_split` (a seeded sample, or the first `n` rows)."""
+    import random
+
+    from .data import make_transform, stack_rows
+    from .models import DataConfig
+
+    found = _split(run, data, which)
+    if found is None:
+        return None
+    ds, img, lab, split = found
     cfg = structure["data_config"]
     tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
                                    cfg["interpolation"], cfg["crop_pct"]))
-    import random
-
-    rows = sorted(random.Random(0).sample(range(len(ds)), min(n, len(ds))))
+    k = min(n, len(ds))
+    rows = sorted(random.Random(0).sample(range(len(ds)), k)) if sample else list(range(k))
     return stack_rows(ds, tf, img, lab, split, rows)
 
 
 def _class_names(run, data: str | None) -> list[str] | None:
     """Class names of a run's dataset (or of --data), from its label feature; None when unknown."""
-    import yaml
-
     from .classes import class_names
-    from .data import find_columns, load_split
     from .errors import PruneError
 
     try:
-        if run is not None:
-            d = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("data", {})
-            source, split, columns = d["source"], d["train_split"], (d.get("image_column"), d.get("label_column"))
-        elif data is not None:
-            source, split, columns = data, "train", (None, None)
-        else:
-            return None
-        ds = load_split(source, split)
-        return class_names(ds, find_columns(ds, *columns)[1])
+        found = _split(run, data, "train")
+        return None if found is None else class_names(found[0], found[2])
     except (PruneError, KeyError, OSError):
         return None
 
 
 def _run_images(run, structure):
     """The first 8 images of the run's evaluation split, prepared as the model expects (None if unavailable)."""
-    import yaml
-
-    from .data import find_columns, load_split, make_transform, stack_rows
     from .errors import PruneError
-    from .models import DataConfig
 
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
-    d = recipe.get("data", {})
     try:
-        ds = load_split(d["source"], d["eval_split"])
-        img, lab = find_columns(ds, d.get("image_column"), d.get("label_column"))
-        cfg = structure["data_config"]
-        tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                                       cfg["interpolation"], cfg["crop_pct"]))
-        return stack_rows(ds, tf, img, lab, d["eval_split"], list(range(min(8, len(ds)))))[0]
+        return _split_data(run, None, "eval", structure, 8, sample=False)[0]
     except (PruneError, KeyError, OSError):
         return None
 

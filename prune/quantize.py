@@ -105,11 +105,13 @@ def onnx_predictions(path: str | Path, batches: Iterable[tuple[np.ndarray, np.nd
     return np.concatenate(preds), np.concatenate(labels)
 
 
-def judge(int8: str | Path, fp32: str | Path, batches: Callable[[], Iterable], max_drop: float) -> dict:
+def judge(int8: str | Path, reference: tuple[np.ndarray, np.ndarray], batches: Iterable, max_drop: float) -> dict:
     """Top-1 of the int8 file and of its fp32 file on the same images, their top-1 agreement, and whether
-    the int8 model loses more than `max_drop` (a fraction: 0.01 = one point) against fp32."""
-    p8, y = onnx_predictions(int8, batches())
-    p32, _ = onnx_predictions(fp32, batches())
+    the int8 model loses more than `max_drop` (a fraction: 0.01 = one point) against fp32. `reference` is
+    `onnx_predictions` of the fp32 file on `batches` (computed once for all of its int8 versions)."""
+    p8, y = onnx_predictions(int8, batches)
+    p32, y32 = reference
+    assert np.array_equal(y, y32), "the int8 and fp32 files must be judged on the same images"
     top1, fp32_top1 = float((p8 == y).mean()), float((p32 == y).mean())
     drop = fp32_top1 - top1
     return {"top1": top1, "fp32_top1": fp32_top1, "agreement": float((p8 == p32).mean()), "images": int(len(y)),

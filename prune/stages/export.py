@@ -10,7 +10,7 @@ from pathlib import Path
 from ..artifacts import final_stage
 from ..export import deploy_metadata, export_checked
 from ..io import write_json
-from ..quantize import int8_name, judge, quantize_onnx
+from ..quantize import int8_name, judge, onnx_predictions, quantize_onnx
 
 NAME = "export"
 DISTRIBUTED = False
@@ -36,14 +36,18 @@ def build(ctx, out: Path) -> dict:
         ctx.log(f"[export] {name}.onnx: max |ORT - PyTorch| "
                 f"{max(v['max_abs_diff'] for k, v in meta['parity'].items() if k.startswith('batch_')):.2e}")
     for name in list(models):
+        if e.quantize:
+            evals = ctx.loader(ctx.r.data.eval_split, data_cfg, ctx.r.data.eval_images, seed=0)
+            batches = lambda: ((x.cpu().numpy(), y.cpu().numpy()) for x, y in ctx.batches(evals, "export"))  # noqa: E731
+            reference = onnx_predictions(out / f"{name}.onnx", batches())  # fp32, once for every int8 version
         for mode in e.quantize:
-            info[int8_name(name, mode)] = _int8(ctx, out, name, mode, data_cfg)
+            info[int8_name(name, mode)] = _int8(ctx, out, name, mode, data_cfg, batches, reference)
     write_json(out / "export.json", info)
     return info
 
 
-def _int8(ctx, out: Path, name: str, mode: str, data_cfg) -> dict:
-    """Quantise `name.onnx`, then judge it against the fp32 file on the evaluation images."""
+def _int8(ctx, out: Path, name: str, mode: str, data_cfg, batches, reference) -> dict:
+    """Quantise `name.onnx`, then judge it against the fp32 file's predictions on the evaluation images."""
     r, e = ctx.r, ctx.r.export
     calibration = None
     if mode == "static":
@@ -51,9 +55,7 @@ def _int8(ctx, out: Path, name: str, mode: str, data_cfg) -> dict:
         calibration = lambda: (x.cpu().numpy() for x, _ in ctx.batches(loader, "calibration"))  # noqa: E731
     q = int8_name(name, mode)
     meta = quantize_onnx(out / f"{name}.onnx", out / f"{q}.onnx", mode, calibration)
-    evals = ctx.loader(r.data.eval_split, data_cfg, r.data.eval_images, seed=0)
-    meta["int8"] = judge(out / f"{q}.onnx", out / f"{name}.onnx",
-                         lambda: ((x.cpu().numpy(), y.cpu().numpy()) for x, y in ctx.batches(evals, "export")), e.max_int8_drop)
+    meta["int8"] = judge(out / f"{q}.onnx", reference, batches(), e.max_int8_drop)
     meta["of"] = name
     j = meta["int8"]
     verdict = "" if j["within_threshold"] else (f"; loses more than {e.max_int8_drop * 100:.1f} points: "
