@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .budget import PruneSettings, allocate_macs, kept_counts, kept_indices, max_removable_macs, unreachable_macs
+from .budget import PruneSettings, allocate_macs, kept_counts, kept_indices
 from .criteria import dependency_graph
 from .errors import ConfigError
 from .io import atomic_path, write_json
@@ -84,17 +84,9 @@ def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tenso
 
 def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor) -> None:
     """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
-    reachable under the caps does not depend on the scores."""
-    widths = {u.kind: u.widths(model) for u in units}
-    if settings.macs_ratio is None:
-        for u in units:
-            kept_counts(torch.zeros(len(widths[u.kind]), max(widths[u.kind])), widths[u.kind], settings, u.kind)
-        return
-    costs = {u.kind: u.cost(model, tokens(model)) for u in units}
-    _, dense = count_params_macs(model, example_inputs)
-    target = math.ceil(settings.macs_ratio * dense)
-    if target > max_removable_macs(widths, costs, settings):
-        raise ConfigError(unreachable_macs(settings, widths, costs, target, dense))
+    reachable under the caps does not depend on the scores, so a table of zeros answers it."""
+    zeros = {u.kind: torch.zeros(len(u.widths(model)), max(u.widths(model))) for u in units}
+    plan_keep(model, units, zeros, settings, example_inputs)
 
 
 def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, example_inputs: torch.Tensor,
