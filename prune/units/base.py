@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ConstantBranch(nn.Module):
     """What a residual branch (attention or FFN) becomes when all its units are removed: its output
@@ -26,6 +28,17 @@ class ConstantBranch(nn.Module):
 
 def is_empty(branch: nn.Module) -> bool:
     return isinstance(branch, ConstantBranch)
+
+
+def fold_into_bias(layer: nn.Linear, columns: list[int], mean: torch.Tensor, what: str) -> None:
+    """Add `layer`'s response to the constant input `mean` on `columns` to its bias: removing those input
+    columns then leaves the output unchanged wherever they carried exactly their mean (compensation)."""
+    if layer.bias is None:
+        raise ConfigError(f"{what} has no bias to fold compensation into")
+    idx = torch.as_tensor(columns)
+    with torch.no_grad():
+        shift = layer.weight[:, idx].double() @ mean[idx].to(layer.weight.device).double()
+        layer.bias += shift.to(layer.bias.dtype)
 
 
 class Unit:

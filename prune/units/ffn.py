@@ -7,12 +7,10 @@ is where a gate multiplies it. A block whose neurons are all removed keeps only 
 
 from __future__ import annotations
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import ConfigError
-from .base import ConstantBranch, Unit, is_empty
+from .base import ConstantBranch, Unit, fold_into_bias, is_empty
 
 
 class FFNNeurons(Unit):
@@ -42,13 +40,7 @@ class FFNNeurons(Unit):
         return model.blocks[block].mlp.fc1, tp.prune_linear_out_channels
 
     def compensate(self, model, block, removed, mean):
-        fc2 = model.blocks[block].mlp.fc2
-        if fc2.bias is None:
-            raise ConfigError(f"block {block}: fc2 has no bias to fold compensation into")
-        idx = torch.as_tensor(removed)
-        with torch.no_grad():
-            shift = fc2.weight[:, idx].double() @ mean[idx].to(fc2.weight.device).double()
-            fc2.bias += shift.to(fc2.bias.dtype)
+        fold_into_bias(model.blocks[block].mlp.fc2, removed, mean, f"block {block}: fc2")
 
     def empty(self, model, block):
         b = model.blocks[block]

@@ -12,12 +12,11 @@ as in its `num_heads` / `prune_num_heads` mode). A block whose heads are all rem
 
 from __future__ import annotations
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModelError
-from .base import ConstantBranch, Unit, is_empty
+from ..errors import UnsupportedModelError
+from .base import ConstantBranch, Unit, fold_into_bias, is_empty
 
 
 def _attn(model: nn.Module, block: int) -> nn.Module:
@@ -95,14 +94,9 @@ class AttentionHeads(Unit):
         a.attn_dim = kept * a.head_dim
 
     def compensate(self, model, block, removed, mean):
-        a = _attn(model, block)
-        if a.proj.bias is None:
-            raise ConfigError(f"block {block}: attn.proj has no bias to fold compensation into")
-        hd = a.head_dim
-        idx = torch.as_tensor([h * hd + j for h in removed for j in range(hd)])
-        with torch.no_grad():
-            shift = a.proj.weight[:, idx].double() @ mean[idx].to(a.proj.weight.device).double()
-            a.proj.bias += shift.to(a.proj.bias.dtype)
+        hd = _attn(model, block).head_dim  # a head's channels at proj's input
+        fold_into_bias(_attn(model, block).proj, [h * hd + j for h in removed for j in range(hd)], mean,
+                       f"block {block}: attn.proj")
 
     def empty(self, model, block):
         b = model.blocks[block]
