@@ -188,9 +188,10 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
         if best_dir is not None and accelerator.is_main_process:
             from safetensors.torch import save_file
 
-            best_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in best_state.items()}, str(best_dir / "model.tmp"))
-            (best_dir / "model.tmp").replace(best_dir / "model.safetensors")
+            from .io import atomic_path
+
+            with atomic_path(best_dir / "model.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
 
     if keep_best and start_epoch == 0:
         row = {"epoch": 0, **{f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()}}
