@@ -215,11 +215,12 @@ class Bench:
         """The ONNX file (latency phase) and, for prune's own methods, the pruned-model directory."""
         from prune.export import export_onnx
         from prune.pruning import save_pruned
+        from prune.units import get_unit
 
         export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")
         if kept is not None:
             save_pruned(model, self.out / "models" / name, self.spec, kept,
-                        {u: UNIT_WIDTHS(self.dense, u) for u in kept}, self.data_cfg.as_dict())
+                        {u: get_unit(u).widths(self.dense) for u in kept}, self.data_cfg.as_dict())
 
     def export(self):
         """Re-make the first seed's ONNX files and model directories that are missing (they are not committed)."""
@@ -363,12 +364,6 @@ class Bench:
                              f"{lat.get((key, '32'), float('nan')):.2f}x | {heads} | {f'{max(rr):.2f}' if rr else ''} |")
         (self.out / "table.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
-
-
-def UNIT_WIDTHS(model, kind):  # noqa: N802
-    from prune.units import get_unit
-
-    return get_unit(kind).widths(model)
 
 
 class Rows(torch.utils.data.Dataset):

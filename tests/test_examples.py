@@ -91,18 +91,24 @@ def _join(lines):
     return out
 
 
+def _commands(raw: list[str], shown: list[str], start: str) -> list[str]:
+    """The commands whose first line in `raw` matches `start`, with their continuation lines, from `shown`
+    (the same lines, cleaned), joined."""
+    found, i = [], 0
+    while i < len(raw):
+        if re.match(start, raw[i]):
+            block = [shown[i]]
+            while block[-1].rstrip().endswith("\\") and i + 1 < len(raw):
+                i += 1
+                block.append(shown[i])
+            found += _join(block)
+        i += 1
+    return found
+
+
 def readme_examples():
     lines = (ROOT / "README.md").read_text().splitlines()
-    picked, i = [], 0
-    while i < len(lines):
-        if re.match(r"^    (prune|accelerate) ", lines[i]):
-            block = [lines[i]]
-            while block[-1].rstrip().endswith("\\") and i + 1 < len(lines):
-                i += 1
-                block.append(lines[i])
-            picked += _join(block)
-        i += 1
-    return picked
+    return _commands(lines, lines, r"^    (prune|accelerate) ")
 
 
 def help_examples():
@@ -112,17 +118,9 @@ def help_examples():
     texts += [p.format_help() for p in sub.choices.values()]
     found = []
     for text in texts:
-        lines = [re.split(r"\s{3,}", l.strip())[0] for l in text.splitlines()]  # drop descriptions beside synopses
         raw = text.splitlines()
-        i = 0
-        while i < len(lines):
-            if re.match(r"^\s+(prune|accelerate) ", raw[i]):
-                block = [lines[i]]
-                while block[-1].rstrip().endswith("\\") and i + 1 < len(lines):
-                    i += 1
-                    block.append(lines[i])
-                found += _join(block)
-            i += 1
+        shown = [re.split(r"\s{3,}", l.strip())[0] for l in raw]  # drop descriptions beside synopses
+        found += _commands(raw, shown, r"^\s+(prune|accelerate) ")
     return found
 
 
