@@ -235,6 +235,13 @@ class Recipe(_Section):
         if self.prune.budget_kind is not None and self.prune.scope != "global":
             raise ValueError("prune.budget_kind ranks a criterion across blocks to set their widths: it needs "
                              "prune.scope: global")
+        from .criteria import scorers
+
+        try:  # the criterion (and the one that fills in for it) can score every kind the run prunes
+            scorers(self.importance.kind, p.budget_kind, p.units, across_blocks=p.scope == "global",
+                    one_budget=p.macs_ratio is not None)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         if self.prune.mode == "progressive":
             from .criteria import CRITERIA
 

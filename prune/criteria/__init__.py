@@ -43,12 +43,46 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
 )}
 
 
+DEFAULT_BUDGET_KIND = "activation_taylor"  # in nats, scores every kind, one pass: what fills in for the others
+
+
 def get_criterion(name: str) -> Criterion:
     if name not in CRITERIA:
         raise ConfigError(f"unknown importance kind {name!r}; choose one of {', '.join(CRITERIA)}")
     return CRITERIA[name]
 
 
-__all__ = ["CRITERIA", "Attribution", "ActivationStatistic", "Criterion", "ImportanceContext", "Magnitude",
+def scorers(kind: str, budget_kind: str | None, units: list[str], *, across_blocks: bool,
+            one_budget: bool) -> tuple[Criterion, Criterion]:
+    """The run's criterion and its budget criterion (the same object when one criterion does everything).
+
+    The criterion chooses, within each block, which units of the kinds it can score go. The budget
+    criterion scores the kinds it cannot (path criteria score FFN neurons only) and sets every block's
+    width: ranking units `across_blocks` (`prune.scope: global`) needs values that compare across blocks
+    (not ranks), and `one_budget` over several kinds (`prune.macs_ratio`) needs nats. When the criterion
+    cannot do both and `prune.budget_kind` is not set, `DEFAULT_BUDGET_KIND` steps in; a budget criterion
+    set by the user is used as given, and one that cannot score every kind, or not in nats where kinds
+    share one budget, is a `ConfigError` naming the ones that can.
+    """
+    crit = get_criterion(kind)
+    shared = one_budget and len(units) > 1
+    if budget_kind is None:
+        can_alone = (all(crit.can_score(u) for u in units) and (crit.scale == "nats" or not shared)
+                     and (crit.scale != "rank" or not across_blocks))
+        budget_kind = kind if can_alone else DEFAULT_BUDGET_KIND
+    budget = get_criterion(budget_kind)
+    missing = [u for u in units if not budget.can_score(u)]
+    able = [n for n, c in CRITERIA.items()
+            if all(c.can_score(u) for u in units) and (c.scale == "nats" or not shared)]
+    if missing:
+        raise ConfigError(f"prune.budget_kind {budget.name} cannot score {', '.join(missing)} (prune.units "
+                          f"{units}); set prune.budget_kind to one of {', '.join(able)}")
+    if shared and budget.scale != "nats":
+        raise ConfigError(f"prune.budget_kind {budget.name} gives no nats, so prune.macs_ratio cannot rank "
+                          f"{' against '.join(units)} with it; set prune.budget_kind to one of {', '.join(able)}")
+    return crit, (crit if budget is crit else budget)
+
+
+__all__ = ["CRITERIA", "DEFAULT_BUDGET_KIND", "Attribution", "ActivationStatistic", "Criterion", "ImportanceContext", "Magnitude",
            "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "Taylor",
-           "block_ranks", "dependency_graph", "get_criterion", "lexicographic_ranks", "tp_table", "unwrapped"]
+           "block_ranks", "dependency_graph", "get_criterion", "lexicographic_ranks", "scorers", "tp_table", "unwrapped"]

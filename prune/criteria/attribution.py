@@ -13,6 +13,7 @@ class Attribution(Criterion):
     (`score_block`, for progressive scoring, runs one block's)."""
 
     progressive = True
+    scale = "nats"  # gradients of log p(label) (or p) times the unit's output: the objective's own units
 
     def __init__(self, name: str, integrated: bool, formula: str):
         self.name, self.integrated, self.formula = name, integrated, formula

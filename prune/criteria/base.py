@@ -61,13 +61,22 @@ class Criterion:
     """A scoring rule for units: `scores(ctx, unit)` gives the whole `[L, width]` table (higher = keep).
     Criteria with `progressive = True` also score one block at a time (`score_block(ctx, unit, l)`,
     `[width]`) on a model whose earlier blocks are pruned (masked), which `prune.mode: progressive`
-    needs. Options go to the constructor; the registry holds configured instances."""
+    needs. `kinds` says which unit kinds it can score at all, `scale` which comparisons its values
+    support (`criteria.scorers` hands the rest to a budget criterion). Options go to the constructor;
+    the registry holds configured instances."""
 
     name: str = ""
+    kinds: frozenset[str] | None = None  # the unit kinds it can score (None: every kind)
+    # what its values compare across: "nats" of the objective (blocks and unit kinds: one budget may rank heads
+    # against neurons), "relative" (blocks of one kind: normalised magnitudes), "rank" (units within a block only)
+    scale: str = "relative"
     needs_paths: bool = False  # reads the paths stage (per-class path statistics)
     uses_path_images: bool = False  # scores the paths' class-balanced images itself (paths.* settings)
     progressive: bool = False
     formula: str = ""
+
+    def can_score(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
 
     def scores(self, ctx: ImportanceContext, unit: Unit) -> torch.Tensor:  # [L, width]
         if self.progressive:

@@ -1,4 +1,10 @@
-"""Criteria read from the paths stage: per-class statistics of the discovered neuron paths (FFN only)."""
+"""Criteria read from the paths stage: per-class statistics of the discovered neuron paths.
+
+Paths run through FFN neurons, so these criteria score FFN neurons only (`kinds`), and their values
+order the neurons of a block but are ranks or per-image shares, not nats (`scale`): path JAS mass
+piles up in the last blocks, so ranked across blocks it empties the first ones (top-1 0.85 against
+0.98 on the quickstart at prune.macs_ratio 0.3). The block widths and any heads come from the
+budget criterion (`criteria.scorers`); `prune.budget_kind: path_frequency` asks for the old widths."""
 
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ def block_ranks(table: torch.Tensor) -> torch.Tensor:
 
 class PathJAS(Criterion):
     name = "path_jas"
+    kinds = frozenset({"ffn"})
+    scale = "rank"
     needs_paths = True
     formula = ("sum_c mean over the class's images of JA_l[d] / ||JA(image)||_1: the dense per-stage joint "
                "attribution scores, each image normalised to L1 mass 1, every class weighted equally")
@@ -51,6 +59,8 @@ class PathJAS(Criterion):
 
 class PathFrequency(Criterion):
     name = "path_frequency"
+    kinds = frozenset({"ffn"})
+    scale = "rank"
     needs_paths = True
     formula = ("sum_c freq[c,l,d] / count[c]: how often the neuron is on a top-K path of class c, every class "
                "weighted equally; ties broken by path_jas (the table holds the resulting ranks)")
@@ -64,6 +74,8 @@ class PathFrequency(Criterion):
 
 class PathCoverage(Criterion):
     name = "path_coverage"
+    kinds = frozenset({"ffn"})
+    scale = "rank"
     needs_paths = True
     formula = ("every class's preferred (modal) top-K path neurons rank above all others; "
                "within each set, path_jas decides")
@@ -83,6 +95,8 @@ class PathCoverage(Criterion):
 
 class PathTaylor(Criterion):
     name = "path_taylor"
+    kinds = frozenset({"ffn"})
+    scale = "rank"
     needs_paths = True
     formula = ("Borda count per block: rank under taylor + rank under path_frequency, ties broken by taylor; "
                "loss sensitivity on the calibration images and membership in the classes' paths, weighted "

@@ -13,7 +13,7 @@ import torch
 
 from .. import dist
 from ..classes import class_names, resolve_classes, restrict_head
-from ..criteria import get_criterion
+from ..criteria import Criterion, scorers
 from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..errors import DataError
 from ..artifacts import shipped
@@ -37,8 +37,10 @@ class RunContext:
         self.progress = progress
         self.log = log
         self.units: list[Unit] = [get_unit(k) for k in recipe.prune.units]  # the kinds of unit this run prunes
-        self.criterion = get_criterion(recipe.importance.kind)
-        self.budget_criterion = get_criterion(recipe.prune.budget_kind or recipe.importance.kind)
+        pr = recipe.prune
+        self.criterion, self.budget_criterion = scorers(recipe.importance.kind, pr.budget_kind, pr.units,
+                                                        across_blocks=pr.scope == "global",
+                                                        one_budget=pr.macs_ratio is not None)
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
         self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
         # the importance stage decides the widths when scoring depends on them, or another criterion sets them
@@ -49,6 +51,10 @@ class RunContext:
         self._classes: list[int] | None = None
         self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, tuple] = {}
+
+    def scorer(self, kind: str) -> Criterion:
+        """The criterion that scores units of `kind`: the run's own, or the budget criterion where it cannot."""
+        return self.criterion if self.criterion.can_score(kind) else self.budget_criterion
 
     def check(self) -> None:
         """Checks that need the model but no work: the pruning target is reachable under its caps."""

@@ -8,7 +8,8 @@ this stage fixes the kept widths first (uniform, or with `prune.scope: global` f
 criterion's one-shot table ranked across blocks) and saves them as `<kind>.keep` beside the scores;
 the prune stage then removes, in each block, exactly the lowest-scoring units beyond its width.
 Progressive rows are checkpointed as they are scored, so an interrupted run resumes with the same
-masks.
+masks. A kind the criterion cannot score (heads, for the path criteria) is scored by the budget
+criterion (`criteria.scorers`, `RunContext.scorer`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def inputs(ctx) -> dict:
     if ctx.importance_fixes_widths:
         inp["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
                                                    "budget_kind", "macs_ratio", "min_layer_ratio"})
+        inp["budget"] = ctx.budget_criterion.name
     return inp
 
 
@@ -70,11 +72,22 @@ def build(ctx, out: Path) -> dict:
     start = time.perf_counter()
     ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.keys[NAME]}"
     tensors = {}
-    keeps = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else {}
+    keeps, budget_tables = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else ({}, {})
+    scorer = {u.kind: ctx.scorer(u.kind) for u in ctx.units}
+    if budget is not crit:
+        ctx.log(f"[importance] {crit.name} scores {', '.join(k for k, c in scorer.items() if c is crit) or 'no kind'}; "
+                f"{budget.name} scores {', '.join(k for k, c in scorer.items() if c is budget) or 'no kind'} "
+                f"and sets the widths (prune.budget_kind)")
     if r.prune.mode == "progressive":
         tables = {unit.kind: _progressive(ctx, sctx, unit, keeps[unit.kind], ckpt) for unit in ctx.units}
     else:
-        tables = crit.tables(sctx, ctx.units)  # one pass for every kind where the criterion can
+        tables = {}
+        for c in dict.fromkeys(scorer.values()):  # one pass for every kind a criterion scores, where it can
+            mine = [u for u in ctx.units if scorer[u.kind] is c]
+            tables.update({u.kind: budget_tables[u.kind] for u in mine if c is budget and u.kind in budget_tables})
+            todo = [u for u in mine if u.kind not in tables]
+            if todo:
+                tables.update(c.tables(sctx, todo))
     for unit in ctx.units:
         table = tables[unit.kind].double().cpu().clone()  # may alias an activation statistic
         a = acts[unit.kind]
@@ -87,6 +100,7 @@ def build(ctx, out: Path) -> dict:
         shutil.rmtree(ckpt, ignore_errors=True)
     seconds = time.perf_counter() - start
     info = {"kind": crit.name, "formula": crit.formula, "mode": r.prune.mode, "units": [u.kind for u in ctx.units],
+            "scored_by": {k: c.name for k, c in scorer.items()},
             "scoring_seconds": seconds, "calibration_tokens": int(acts[ctx.units[0].kind]["tokens"]),
             "processes": dist.world(),
             "path_images": int(dist.reduce_sum(torch.tensor(len(path_loader.dataset)))) if path_loader else None,
@@ -100,12 +114,14 @@ def build(ctx, out: Path) -> dict:
     return info
 
 
-def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> dict[str, list[int]]:
+def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """Units each block keeps, per kind: uniform, or (scope global) the budget criterion's one-shot tables
-    ranked across blocks (and kinds, with `prune.macs_ratio`). The tables are checkpointed, so a resumed
-    progressive run does not score them again."""
+    ranked across blocks (and kinds, with `prune.macs_ratio`); and those tables (empty when uniform), which
+    also score the kinds the run's criterion cannot. The tables are checkpointed, so a resumed progressive
+    run does not score them again."""
     pr = ctx.r.prune
     tables = {u.kind: torch.zeros(len(u.widths(sctx.model)), max(u.widths(sctx.model))) for u in ctx.units}
+    scored = {}
     if pr.scope == "global":
         if (ckpt / "budget.safetensors").is_file():
             saved = load_file(ckpt / "budget.safetensors")
@@ -116,7 +132,8 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> dict[str, list[int]]:
                 ckpt.mkdir(parents=True, exist_ok=True)
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
                     save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
-    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs)
+        scored = tables
+    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs), scored
 
 
 def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:
@@ -135,5 +152,5 @@ def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path
         with atomic_path(rows_file) as tmp:
             save_file({str(k): v.contiguous() for k, v in done.items()}, str(tmp))
 
-    return progressive_table(sctx.model, unit, lambda t: ctx.criterion.score_block(sctx, unit, t), keep, done=done,
+    return progressive_table(sctx.model, unit, lambda t: ctx.scorer(unit.kind).score_block(sctx, unit, t), keep, done=done,
                              on_block=checkpoint, progress=ctx.progress)
