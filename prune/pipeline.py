@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import dist
 from .io import write_json
+from .provenance import code_digest
 from .recipe import Recipe
 from .run import RunDir
 from .stages import baseline, bench, evaluate, export, finetune, importance, paths, prune, report
@@ -20,6 +21,11 @@ from .stages.context import RunContext
 
 PIPELINE = (paths, importance, prune, baseline, evaluate, finetune, export, bench, report)
 STAGES = tuple(s.NAME for s in PIPELINE)
+
+
+def stage_code(stage) -> str:
+    """The digest of the code that builds `stage`: its module and the run context it calls, with all they import."""
+    return code_digest(stage.__name__, RunContext.__module__)
 
 
 class Pipeline:
@@ -42,7 +48,7 @@ class Pipeline:
                 if stage is report and dist.is_main():
                     write_json(self.run_dir.root / "summary.json", self.ctx.summary)
                 self.run_dir.run(stage.NAME, inputs, partial(stage.build, self.ctx), force=stage.NAME in force,
-                                 distributed=stage.DISTRIBUTED)
+                                 distributed=stage.DISTRIBUTED, code=stage_code(stage))
             return self.ctx.summary
         finally:
             self.close()

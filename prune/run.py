@@ -1,8 +1,8 @@
 """The run directory: the resolved recipe, one sub-directory per stage, stage reuse and atomic output.
 
-A stage's key is a hash of its settings and of the build ids of the stages it reads, so a stage
-whose inputs are unchanged is reused (an interrupted run resumes where it stopped), and a change
-upstream reruns everything downstream. A stage is built in a hidden temporary directory and
+A stage's key is a hash of its settings, of the code that builds it (`provenance`) and of the build
+ids of the stages it reads, so a stage whose inputs and code are unchanged is reused (an interrupted
+run resumes where it stopped), and a change upstream reruns everything downstream. A stage is built in a hidden temporary directory and
 renamed into place only when complete, with a record of every file it wrote (size and SHA-256);
 reuse verifies that record first, so a damaged stage is rebuilt rather than trusted. One run at a
 time writes a directory: the run holds an OS file lock (`filelock`) that the kernel drops when the
@@ -183,17 +183,18 @@ class RunDir:
         return self.root / stage
 
     def run(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], *, force: bool = False,
-            distributed: bool = False) -> Path:
+            distributed: bool = False, code: str | None = None) -> Path:
         """Reuse `stage` if its key matches, else build it into a temp dir and move it into place.
 
-        The key covers the stage's inputs and the *build ids* of the stages it reads, so rebuilding
-        (or forcing) a stage reruns everything downstream of it. Under `accelerate launch` a
+        The key covers the stage's inputs, the code that builds it (`code`, a `provenance.code_digest`)
+        and the *build ids* of the stages it reads, so changing a stage's code, or rebuilding (or
+        forcing) a stage, reruns it and everything downstream of it. Under `accelerate launch` a
         `distributed` stage is built by every process (each does its share and they combine), any
         other stage by the main process alone while the others wait; only the main process writes,
         and every process then takes the published build id, so all agree on what comes next.
         """
         upstream = {k: self.builds[k] for k in inputs.get("reads", [])}
-        key = stage_key({**inputs, "upstream": upstream, "prune_version": __version__})
+        key = stage_key({**inputs, "upstream": upstream, "prune_version": __version__, "code": code})
         self.keys[stage] = key
         final = self.path(stage)
         meta = final / "stage.json"
