@@ -1,6 +1,6 @@
 """`prune --recipe`: the ordered stages of a run, each a directory of the run that the next stage reads.
 
-    paths -> importance -> prune -> baseline -> evaluate -> finetune -> export -> bench -> report
+    paths -> importance -> prune -> baseline -> evaluate -> [reconstruct] -> [finetune] -> export -> bench -> report
 
 A stage's module (`prune/stages/`) holds both its inputs (its cache key) and its build, so the key
 always describes the code that uses it; `RunDir` reuses a stage whose key is unchanged.
@@ -16,10 +16,10 @@ from .io import write_json
 from .provenance import code_digest
 from .recipe import Recipe
 from .run import RunDir
-from .stages import baseline, bench, evaluate, export, finetune, importance, paths, prune, report
+from .stages import baseline, bench, evaluate, export, finetune, importance, paths, prune, reconstruct, report
 from .stages.context import RunContext
 
-PIPELINE = (paths, importance, prune, baseline, evaluate, finetune, export, bench, report)
+PIPELINE = (paths, importance, prune, baseline, evaluate, reconstruct, finetune, export, bench, report)
 STAGES = tuple(s.NAME for s in PIPELINE)
 
 

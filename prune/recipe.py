@@ -87,6 +87,9 @@ class PruneCfg(_Section):
     mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
     budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
     classes: list[int | str] | None = None  # specialise: keep only these classes (indices or names)
+    reconstruct: Literal["none", "lstsq"] = "none"  # lstsq: re-fit each branch's output layer (prune/reconstruct.py)
+    reconstruct_images: int = Field(256, ge=1)  # training images whose tokens the re-fit solves on
+    reconstruct_ridge: float = Field(1e-3, ge=0)  # ridge, relative to the features' mean square
 
     @field_validator("units")
     @classmethod

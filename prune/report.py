@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifacts import Artifact, artifacts
+from .artifacts import CHAIN, DENSE, Artifact
 from .io import atomic_path, write_json
 
 
 def run_artifacts(m: dict) -> list[Artifact]:
-    """The artifacts a run's summary has figures for (dense, pruned, and fine-tuned when it was)."""
-    return artifacts(1 if "finetuned" in m["accuracy"] else 0)
+    """The artifacts a run's summary has figures for (dense, pruned, re-fitted and fine-tuned when it was)."""
+    return [a for a in (DENSE, *CHAIN) if a.name in m["accuracy"]]
 
 
 UNIT_NAMES = {"ffn": "FFN neurons", "heads": "attention heads"}

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 SMALL = ["paths.images_per_class=4", "paths.steps=3", "importance.calibration_images=64", "finetune.epochs=1",
          "finetune.train_images=256", "finetune.batch_size=64", "bench.enabled=false",
-         "importance.kind=path_frequency", "prune.scope=global", "prune.budget_kind=path_attribution"]
+         "importance.kind=path_frequency", "prune.scope=global", "prune.budget_kind=path_attribution",
+         "prune.reconstruct=lstsq", "prune.reconstruct_images=64"]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -60,6 +61,14 @@ def test_discovery_scoring_pruning_and_evaluation_match_one_process(runs):
     for stage in ("baseline", "evaluate"):
         assert (json.loads((one / stage / "metrics.json").read_text())
                 == json.loads((two / stage / "metrics.json").read_text()))
+
+
+def test_reconstruct_sums_the_normal_equations_of_both_processes(runs):
+    one, two, _ = runs
+    a, b = load_file(one / "reconstruct/model.safetensors"), load_file(two / "reconstruct/model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    m1, m2 = (json.loads((r / "reconstruct/metrics.json").read_text()) for r in (one, two))
+    assert m1["images"] == m2["images"] == 64 and m1["refitted"] == m2["refitted"]
 
 
 def test_finetune_with_the_same_global_batch_matches_one_process(runs):

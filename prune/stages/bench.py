@@ -21,7 +21,7 @@ def inputs(ctx) -> dict | None:
     r = ctx.r
     if not r.bench.enabled:
         return None
-    reads = [final_stage(r.finetune.epochs)] + ([export.NAME] if r.export.enabled else [])
+    reads = [final_stage(r)] + ([export.NAME] if r.export.enabled else [])
     return {"bench": r.bench.model_dump(), "reads": reads}
 
 

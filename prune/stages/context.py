@@ -99,7 +99,7 @@ class RunContext:
         (`artifacts.shipped`)."""
         dense, data_cfg, _ = self.model()
         return data_cfg, {name: dense if a.stage is None else load_pruned(self.run_dir.path(a.stage))[0]
-                          for name, a in shipped(self.r.finetune.epochs)}
+                          for name, a in shipped(self.r)}
 
     def classes(self) -> list[int] | None:
         """`prune.classes` as original class ids (None: every class)."""

@@ -20,7 +20,7 @@ def inputs(ctx) -> dict | None:
     r = ctx.r
     if not r.export.enabled:
         return None
-    return {**ctx.eval_inputs(), "export": r.export.model_dump(), "reads": [final_stage(r.finetune.epochs)]}
+    return {**ctx.eval_inputs(), "export": r.export.model_dump(), "reads": [final_stage(r)]}
 
 
 def build(ctx, out: Path) -> dict:

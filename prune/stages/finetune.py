@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 from .. import dist
+from ..artifacts import input_stage
 from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
 from ..models import ModelSpec
 from ..pruning import load_pruned, save_pruned, structure_kept
-from . import prune
 
 NAME = "finetune"
 DISTRIBUTED = True
@@ -27,13 +27,13 @@ def inputs(ctx) -> dict | None:
     if r.finetune.epochs == 0:
         return None
     return {**ctx.eval_inputs(), "split": r.data.train_split, "finetune": r.finetune.model_dump(),
-            "reads": [prune.NAME]}
+            "reads": [input_stage(r, NAME)]}
 
 
 def build(ctx, out: Path) -> dict:
     r, f = ctx.r, ctx.r.finetune
     dense, data_cfg, _ = ctx.model()
-    model, structure = load_pruned(ctx.run_dir.path(prune.NAME))
+    model, structure = load_pruned(ctx.run_dir.path(input_stage(r, NAME)))
     held = ctx.holdout_rows(r.data.train_split, f.holdout, f.seed)
     train_loader = ctx.loader(r.data.train_split, data_cfg, f.train_images, f.seed, exclude=held)
     holdout = ctx.loader(r.data.train_split, data_cfg, None, f.seed, only=held).dataset if held else None

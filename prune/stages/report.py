@@ -9,7 +9,7 @@ from pathlib import Path
 from ..artifacts import artifacts, final_stage, shipped
 from ..report import write_report
 from ..run import stage_key
-from . import baseline, bench, evaluate, export, finetune, importance, paths, prune
+from . import baseline, bench, evaluate, export, finetune, importance, paths, prune, reconstruct
 
 NAME = "report"
 DISTRIBUTED = False
@@ -18,7 +18,7 @@ DISTRIBUTED = False
 def inputs(ctx) -> dict:
     r = ctx.r
     ctx.summary = collect(ctx)
-    after = [final_stage(r.finetune.epochs)] + [s.NAME for s, on in ((export, r.export.enabled), (bench, r.bench.enabled)) if on]
+    after = [final_stage(r)] + [s.NAME for s, on in ((export, r.export.enabled), (bench, r.bench.enabled)) if on]
     return {"report": r.report.model_dump(), "reads": [evaluate.NAME, baseline.NAME, *after],
             "metrics": stage_key(ctx.summary)}
 
@@ -53,6 +53,11 @@ def collect(ctx) -> dict:
     if ctx.needs_paths:
         summary["paths"] = read(paths.NAME, "summary.json")
         summary["skipped_rows"]["paths"] = summary["paths"].get("skipped_rows", [])
+    if r.prune.reconstruct != "none":
+        rc = read(reconstruct.NAME, "metrics.json")
+        rc["refitted"].pop("skipped_rows", None)
+        summary["accuracy"]["refitted"] = rc.pop("refitted")
+        summary["reconstruct"] = {k: v for k, v in rc.items() if k != "branches"}
     if r.finetune.epochs > 0:
         ft = read(finetune.NAME, "metrics.json")
         ft["finetuned"].pop("skipped_rows", None)
@@ -78,8 +83,8 @@ def measured_on(ctx, summary: dict) -> dict:
         files = json.loads((rd.path(stage) / "stage.json").read_text()).get("files", {})
         return {"path": f"{stage}/{name}", "sha256": files.get(name, {}).get("sha256")}
 
-    out = {"accuracy": {a.name: ref(a.stage, "model.safetensors") for a in artifacts(r.finetune.epochs)}}
-    models = {name: ref(a.stage, "model.safetensors") for name, a in shipped(r.finetune.epochs)}
+    out = {"accuracy": {a.name: ref(a.stage, "model.safetensors") for a in artifacts(r)}}
+    models = {name: ref(a.stage, "model.safetensors") for name, a in shipped(r)}
     if "onnx" in summary:
         out["onnx"] = {name: ref(export.NAME, f"{name}.onnx") for name in summary["onnx"]}
     if "latency" in summary:
