@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     distill_alpha: float = 0.0  # weight of the distillation loss (needs a teacher)
     distill_temperature: float = 2.0
+    distill_features: float = 0.0  # weight of the per-block hidden-state loss to the teacher (0: logits only)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -78,6 +79,35 @@ def distillation_loss(student_logits, teacher_logits, temperature: float) -> tor
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
                     reduction="batchmean", log_target=True) * t * t
+
+
+class BlockOutputs:
+    """Forward hooks that keep the output of every block of a timm ViT (the residual stream at each depth);
+    with `training_only`, only of forwards in training mode (evaluations keep nothing)."""
+
+    def __init__(self, model, training_only: bool = False):
+        self.outputs: list[torch.Tensor] = []
+
+        def keep(module, inputs, output):
+            if module.training or not training_only:
+                self.outputs.append(output)
+
+        self._handles = [b.register_forward_hook(keep) for b in model.blocks]
+
+    def take(self) -> list[torch.Tensor]:
+        out, self.outputs = self.outputs, []
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over blocks of the squared error between the residual streams, each divided by the teacher's mean
+    square there, so every depth counts alike whatever the scale of its stream."""
+    terms = [(s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12) for s, t in zip(student, teacher)]
+    return torch.stack(terms).mean()
 
 
 # ----------------------------------------------------------------------------- safe checkpoints
@@ -123,7 +153,9 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
     """Train `model` on `(image, label, ...)` samples; returns per-epoch metrics.
 
     With `teacher` and `cfg.distill_alpha > 0` the loss is
-    `(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`. With `checkpoint_dir`, the state
+    `(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`; `cfg.distill_features > 0` adds that
+    weight times `feature_loss` of every block's output against the teacher's (hidden-state distillation:
+    a signal at every depth of the pruned model, not only at its logits). With `checkpoint_dir`, the state
     after each epoch is saved there and an existing checkpoint is resumed from.
     With `keep_best` (needs `eval_set`, a held-out slice) the model is evaluated before training (row
     `epoch: 0`, the starting weights) and after every epoch, and ends with the weights of the best
@@ -173,6 +205,10 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
     use_kd = teacher is not None and cfg.distill_alpha > 0
+    use_features = teacher is not None and cfg.distill_features > 0
+    if use_features:
+        s_blocks = BlockOutputs(accelerator.unwrap_model(model), training_only=True)
+        t_blocks = BlockOutputs(accelerator.unwrap_model(teacher))
     if keep_best and eval_loader is None:
         raise ConfigError("keep_best needs an evaluation set (the held-out slice)")
     best_dir = Path(checkpoint_dir) / "best" if checkpoint_dir else None
@@ -216,11 +252,16 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
                 else:
                     logits = model(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if use_kd and len(y):
+                if (use_kd or use_features) and len(y):
                     with torch.no_grad():
                         t_logits = teacher(x)
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(
-                        logits, t_logits, cfg.distill_temperature)
+                    if use_kd:
+                        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distillation_loss(
+                            logits, t_logits, cfg.distill_temperature)
+                    if use_features:
+                        loss = loss + cfg.distill_features * feature_loss(s_blocks.take(), t_blocks.take())
+                elif use_features:
+                    s_blocks.take()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -246,6 +287,9 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
         accelerator.wait_for_everyone()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
+    if use_features:
+        s_blocks.close()
+        t_blocks.close()
     if keep_best:
         if best_state is None:  # resumed: the best so far was written before the interruption
             from safetensors.torch import load_file

@@ -148,6 +148,8 @@ class PruneCfg(_Section):
 class DistillCfg(_Section):
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the distillation term
     temperature: float = Field(2.0, gt=0)
+    features: bool = False  # also match every block's output (residual stream) to the dense model's
+    feature_weight: float = Field(1.0, gt=0)  # weight of that per-block loss beside the logit loss
 
 
 class FinetuneCfg(_Section):

@@ -62,3 +62,26 @@ def test_distillation_pulls_student_to_teacher():
         after = distillation_loss(student.eval()(x), teacher(x), 2.0).item()
     assert after < 0.5 * before
     assert distillation_loss(teacher(x), teacher(x), 2.0).abs().item() < 1e-6
+
+
+def test_feature_distillation_pulls_every_block_towards_the_teacher():
+    from prune.finetune import BlockOutputs, feature_loss
+
+    teacher = tiny_vit(num_classes=2, seed=5)
+    x = Toy().x
+
+    def gap(model):
+        s, t = BlockOutputs(model), BlockOutputs(teacher)
+        with torch.no_grad():
+            model(x), teacher(x)
+        out = feature_loss(s.take(), t.take()).item()
+        s.close(), t.close()
+        return out
+
+    plain, features = tiny_vit(num_classes=2, seed=6), tiny_vit(num_classes=2, seed=6)
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=3e-3, warmup_epochs=0, distill_alpha=0.5)
+    train(plain, Toy(), None, cfg, teacher=teacher, progress=False)
+    train(features, Toy(), None, TrainConfig(**{**cfg.__dict__, "distill_features": 5.0}), teacher=teacher,
+          progress=False)
+    assert gap(features) < 0.5 * gap(plain)
+    assert all(not b._forward_hooks for b in features.blocks)  # the hooks are removed after training

@@ -41,7 +41,8 @@ def build(ctx, out: Path) -> dict:
                       warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing, grad_clip=f.grad_clip,
                       grad_accum=f.grad_accum, mixed_precision=f.mixed_precision, num_workers=r.data.num_workers,
                       seed=f.seed, distill_alpha=f.distill.alpha if f.distill else 0.0,
-                      distill_temperature=f.distill.temperature if f.distill else 2.0)
+                      distill_temperature=f.distill.temperature if f.distill else 2.0,
+                      distill_features=f.distill.feature_weight if f.distill and f.distill.features else 0.0)
     ckpt = ctx.run_dir.root / ".checkpoints" / f"finetune-{ctx.run_dir.keys[NAME]}"
     if (ckpt / "last" / "state.json").is_file():
         ctx.log(f"[finetune] resuming from {ckpt}")
