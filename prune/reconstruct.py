@@ -38,10 +38,11 @@ class NormalEquations:
         self.tt = torch.zeros((), dtype=torch.float64, device=device)  # the targets' sum of squares
 
     def add(self, x: torch.Tensor, target: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        x = torch.cat([x, x.new_ones(len(x), 1)], 1)
+        rows = target.shape[:-1].numel()
+        x = x.reshape(rows, x.shape[-1]).double()  # explicit rows: an emptied branch has 0 features
+        x = torch.cat([x, x.new_ones(rows, 1)], 1)
         self.g += x.T @ x
-        target = target.reshape(-1, target.shape[-1]).double()
+        target = target.reshape(rows, target.shape[-1]).double()
         self.r += x.T @ target
         self.tt += target.pow(2).sum()
 

@@ -97,3 +97,14 @@ def test_reconstruct_stage_feeds_the_fine_tune_and_the_report(tmp_path):
     assert summary["reconstruct"]["images"] == 64
     assert json.loads((out / "finetune/stage.json").read_text())["inputs"]["reads"] == ["reconstruct"]
     assert "refitted" in (out / "report/report.md").read_text()
+
+
+def test_an_emptied_branch_gets_the_mean_of_what_it_should_add():
+    from prune.units import FFN
+
+    dense = trained_tiny_vit()
+    pruned = copy.deepcopy(dense)
+    FFN.empty(pruned, 1)  # block 1's FFN becomes its fc2 bias
+    rows = refit(pruned, dense, batches(), ridge=1e-3)
+    row = next(r for r in rows if r["block"] == 1 and r["branch"] == "ffn")
+    assert row["error_after"] < row["error_before"]
