@@ -20,7 +20,7 @@ from torch import nn
 from .errors import ConfigError
 from .models import ViTAdapter
 from .paths.attribution import acc, frozen
-from .units import Unit
+from .units import Unit, stack_rows
 
 
 @contextlib.contextmanager
@@ -213,4 +213,4 @@ def first_order_tables(model: nn.Module, units: list[Unit], batches: Callable[[]
             for kind, per_block in got.items():
                 for agg, g in zip(aggs[kind], per_block):
                     agg.add(g, y[s:s + step])
-    return {kind: torch.stack([agg.value(reduce) for agg in per_block]) for kind, per_block in aggs.items()}
+    return {kind: stack_rows([agg.value(reduce) for agg in per_block]) for kind, per_block in aggs.items()}

@@ -84,7 +84,8 @@ class PruneCfg(_Section):
     min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: least of a block's units of a kind that must go
     round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind: {ffn: 64})
     compensate: Literal["none", "mean"] = "none"
-    mode: Literal["oneshot", "progressive"] = "oneshot"  # progressive: block l scored with blocks < l pruned
+    mode: Literal["oneshot", "progressive", "iterative"] = "oneshot"  # progressive: block l scored with blocks < l pruned
+    iterations: int = Field(4, ge=2)  # iterative: the target in this many steps, re-scored between them
     budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
     classes: list[int | str] | None = None  # specialise: keep only these classes (indices or names)
     reconstruct: Literal["none", "lstsq"] = "none"  # lstsq: re-fit each branch's output layer (prune/reconstruct.py)
@@ -254,6 +255,14 @@ class Recipe(_Section):
                 able = ", ".join(k for k, c in CRITERIA.items() if c.progressive)
                 raise ValueError(f"prune.mode progressive needs a criterion that scores one block at a time on a "
                                  f"partly pruned model ({able}), not {self.importance.kind!r}")
+        if self.prune.mode == "iterative":
+            from .criteria import CRITERIA
+
+            able = ", ".join(k for k, c in CRITERIA.items() if c.progressive)
+            for key, kind in (("importance.kind", self.importance.kind), ("prune.budget_kind", p.budget_kind)):
+                if kind is not None and not CRITERIA[kind].progressive:
+                    raise ValueError(f"prune.mode iterative re-scores the partly pruned model, which {key} {kind!r} "
+                                     f"cannot (it reads the dense model's paths or statistics); use one of {able}")
         if self.bench.enabled and self.bench.onnxruntime and not self.export.enabled:
             raise ValueError("bench.onnxruntime needs export.enabled: true (or set bench.onnxruntime: false)")
         return self

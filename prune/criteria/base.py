@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..paths import PathStats
-from ..units import ConstantBranch, Unit
+from ..units import ConstantBranch, Unit, stack_rows
 
 
 def unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
@@ -81,7 +81,7 @@ class Criterion:
     def scores(self, ctx: ImportanceContext, unit: Unit) -> torch.Tensor:  # [L, width]
         if self.progressive:
             blocks = tqdm(range(len(unit.widths(ctx.model))), desc=self.name, unit="block", disable=not ctx.progress)
-            return torch.stack([self.score_block(ctx, unit, l) for l in blocks])
+            return stack_rows([self.score_block(ctx, unit, l) for l in blocks])
         raise NotImplementedError
 
     def score_block(self, ctx: ImportanceContext, unit: Unit, block: int) -> torch.Tensor:  # [width]
@@ -104,4 +104,4 @@ def tp_table(ctx: ImportanceContext, unit: Unit, importance: tp.importance.Impor
     for l in range(len(widths)) if blocks is None else blocks:
         group = unit.group(dg, ctx.model, l, list(range(widths[l])))
         rows.append(unit.per_unit(ctx.model, l, importance(group).detach().cpu().double()))
-    return torch.stack(rows)
+    return stack_rows(rows)

@@ -7,6 +7,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..units import stack_rows
 from .base import Criterion, tp_table
 
 
@@ -83,4 +84,4 @@ class Random(Criterion):
 
     def scores(self, ctx, unit):
         g = torch.Generator().manual_seed(ctx.seed)
-        return torch.stack([torch.rand(w, generator=g, dtype=torch.float64) for w in unit.widths(ctx.model)])
+        return stack_rows([torch.rand(w, generator=g, dtype=torch.float64) for w in unit.widths(ctx.model)])

@@ -44,7 +44,7 @@ class RunContext:
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
         self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
         # the importance stage decides the widths when scoring depends on them, or another criterion sets them
-        self.importance_fixes_widths = (recipe.prune.mode == "progressive"
+        self.importance_fixes_widths = (recipe.prune.mode in ("progressive", "iterative")
                                         or self.budget_criterion is not self.criterion)
         self.skipped: dict[str, list[int]] = {}
         self.summary: dict | None = None  # the run's metrics, collected before the report

@@ -8,12 +8,14 @@ this stage fixes the kept widths first (uniform, or with `prune.scope: global` f
 criterion's one-shot table ranked across blocks) and saves them as `<kind>.keep` beside the scores;
 the prune stage then removes, in each block, exactly the lowest-scoring units beyond its width.
 Progressive rows are checkpointed as they are scored, so an interrupted run resumes with the same
-masks. A kind the criterion cannot score (heads, for the path criteria) is scored by the budget
+masks. Iterative (`prune.mode: iterative`, `schedule.py`): the target in `prune.iterations` steps,
+each scored on the model cut (and re-fitted) by the steps before. A kind the criterion cannot score (heads, for the path criteria) is scored by the budget
 criterion (`criteria.scorers`, `RunContext.scorer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +30,8 @@ from ..io import atomic_path, write_json
 from ..paths import PathStats
 from ..progressive import progressive_table
 from ..pruning import plan_keep
+from ..reconstruct import refit
+from ..schedule import iterative_tables
 from .context import device
 
 NAME = "importance"
@@ -45,6 +49,9 @@ def inputs(ctx) -> dict:
         inp["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
                                                    "budget_kind", "macs_ratio", "min_layer_ratio"})
         inp["budget"] = ctx.budget_criterion.name
+    if r.prune.mode == "iterative":  # the steps re-fit the cut model when the recipe re-fits
+        inp["iterative"] = r.prune.model_dump(include={"iterations", "reconstruct", "reconstruct_images",
+                                                       "reconstruct_ridge", "compensate"})
     return inp
 
 
@@ -72,15 +79,18 @@ def build(ctx, out: Path) -> dict:
     start = time.perf_counter()
     ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.keys[NAME]}"
     tensors = {}
-    keeps, budget_tables = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else ({}, {})
     scorer = {u.kind: ctx.scorer(u.kind) for u in ctx.units}
+    if r.prune.mode == "iterative":
+        tables, keeps = _iterative(ctx, sctx, data_cfg, scorer)
+    else:
+        keeps, budget_tables = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else ({}, {})
     if budget is not crit:
         ctx.log(f"[importance] {crit.name} scores {', '.join(k for k, c in scorer.items() if c is crit) or 'no kind'}; "
                 f"{budget.name} scores {', '.join(k for k, c in scorer.items() if c is budget) or 'no kind'} "
                 f"and sets the widths (prune.budget_kind)")
     if r.prune.mode == "progressive":
         tables = {unit.kind: _progressive(ctx, sctx, unit, keeps[unit.kind], ckpt) for unit in ctx.units}
-    else:
+    elif r.prune.mode == "oneshot":
         tables = {}
         for c in dict.fromkeys(scorer.values()):  # one pass for every kind a criterion scores, where it can
             mine = [u for u in ctx.units if scorer[u.kind] is c]
@@ -134,6 +144,30 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[in
                     save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
         scored = tables
     return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs), scored
+
+
+def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[dict, dict]:
+    """`prune.mode: iterative` (`schedule.iterative_tables`): score, cut a share of the target, re-fit, score
+    again, with this run's criteria on each partly pruned model."""
+    r, pr = ctx.r, ctx.r.prune
+
+    def tables_of(m, which: dict) -> dict:
+        s = dataclasses.replace(sctx, model=m, _graph=None)  # Torch-Pruning's graph is the cut model's own
+        out = {}
+        for c in dict.fromkeys(which.values()):
+            out.update(c.tables(s, [u for u in ctx.units if which[u.kind] is c]))
+        return out
+
+    budget = None
+    if ctx.budget_criterion is not ctx.criterion:
+        budget = lambda m: tables_of(m, {u.kind: ctx.budget_criterion for u in ctx.units})  # noqa: E731
+    refit_cut = None
+    if pr.reconstruct != "none":  # the same images the reconstruct stage re-fits on
+        loader = ctx.loader(r.data.train_split, data_cfg, pr.reconstruct_images, r.importance.seed + 1, shard=True)
+        refit_cut = lambda m: refit(m, sctx.model, ctx.batches(loader, "reconstruct"),  # noqa: E731
+                                    ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum)
+    return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr.settings(),
+                            pr.iterations, sctx.example_inputs, refit_cut, ctx.log)
 
 
 def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:

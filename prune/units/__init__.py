@@ -1,7 +1,7 @@
 """Kinds of prunable unit, each one file implementing `Unit` (base.py)."""
 
 from ..errors import ConfigError
-from .base import ConstantBranch, Unit, is_empty
+from .base import ConstantBranch, Unit, is_empty, stack_rows
 from .ffn import FFNNeurons
 from .head import AttentionHeads
 
@@ -16,4 +16,4 @@ def get_unit(kind: str) -> Unit:
     return UNITS[kind]
 
 
-__all__ = ["FFN", "HEADS", "UNITS", "ConstantBranch", "Unit", "get_unit", "is_empty"]
+__all__ = ["FFN", "HEADS", "UNITS", "ConstantBranch", "Unit", "get_unit", "is_empty", "stack_rows"]

@@ -26,6 +26,13 @@ class ConstantBranch(nn.Module):
         return self.bias.expand(*x.shape[:-1], self.bias.shape[0])
 
 
+def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Per-block rows as one `[L, width]` table, padded with zeros to the widest block: blocks of a pruned
+    model have different widths, and readers take `table[l, :widths[l]]`."""
+    width = max((len(r) for r in rows), default=0)
+    return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+
+
 def is_empty(branch: nn.Module) -> bool:
     return isinstance(branch, ConstantBranch)
 
