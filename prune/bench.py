@@ -157,10 +157,12 @@ def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]
 
     p = Path(target).expanduser()
     if p.suffix == ".onnx":
-        if not p.is_file():
+        if not (p.exists() or p.is_symlink()):
             raise ConfigError(f"ONNX file {p} does not exist")
         from .export import ort_session
+        from .io import check_onnx
 
+        check_onnx(p)  # before onnxruntime opens it: a model, its external data inside its folder
         try:
             shape = ort_session(p).get_inputs()[0].shape[1:]
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files

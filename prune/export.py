@@ -107,9 +107,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-    """An onnxruntime session (default: CUDA provider when present, else CPU); `threads` intra-op threads."""
+    """An onnxruntime session (default: CUDA provider when present, else CPU); `threads` intra-op threads.
+    The file passes `io.check_onnx` first (a model whose external data stays inside its folder)."""
     import onnxruntime as ort
 
+    from .io import check_onnx
+
+    check_onnx(path)
     opts = ort.SessionOptions()
     # no busy-waiting between runs: a spinning pool would steal the cores from the model measured next
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

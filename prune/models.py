@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, UnsupportedModelError
+from .io import load_safetensors, read_text
 from .units.base import is_empty
 
 ASSETS = Path(__file__).parent / "assets"
@@ -68,11 +69,11 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
                           "with config.json and model.safetensors")
     if local is not None:
         cfg_file, weights = local / "config.json", local / "model.safetensors"
-        if not cfg_file.is_file():
+        if not _present(cfg_file):
             raise ConfigError(f"model directory {local} has no config.json; it needs config.json "
                               "(architecture, model_kwargs) and model.safetensors")
         try:
-            cfg = json.loads(cfg_file.read_text())
+            cfg = json.loads(read_text(cfg_file, "model config"))
         except (ValueError, UnicodeDecodeError, OSError) as e:
             raise ConfigError(f"{cfg_file} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
                               "it must hold architecture, model_kwargs and optionally mean/std") from None
@@ -82,7 +83,7 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
             raise ConfigError(f"{cfg_file}: model_kwargs must be a mapping of timm.create_model arguments")
         kwargs = {**cfg.get("model_kwargs", {}), **overrides}
         model = _create(timm, cfg["architecture"], pretrained=False, **kwargs)
-        if weights.is_file():
+        if _present(weights):  # a link to a device or a pipe is refused by the reader, not taken as absent
             _load_weights(model, weights, f"{cfg['architecture']} {kwargs}")
         elif pretrained:
             raise ConfigError(f"model directory {local} has no model.safetensors "
@@ -109,15 +110,14 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
     return model, data_cfg, mspec
 
 
+def _present(path: Path) -> bool:
+    """Whether a directory entry exists at `path` (a file, a dangling link, a device...)."""
+    return path.exists() or path.is_symlink()
+
+
 def _load_weights(model: nn.Module, weights: Path, what: str) -> None:
     """Load a safetensors file into `model`; a corrupt file or one that does not fit is a ConfigError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ConfigError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    state = load_safetensors(weights)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that do not fit

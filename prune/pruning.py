@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .budget import PruneSettings, allocate_macs, kept_counts, kept_indices
+from .budget import PruneSettings, allocate_latency, allocate_macs, kept_counts, kept_indices
 from .criteria import dependency_graph
 from .errors import ConfigError
-from .io import atomic_path, write_json
+from .io import atomic_path, load_safetensors, read_text, write_json
 from .models import ModelSpec
 from .units import FFN, UNITS, Unit
 
@@ -70,11 +70,16 @@ def tokens(model: nn.Module) -> int:
 
 
 def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: PruneSettings,
-              example_inputs: torch.Tensor) -> dict[str, list[int]]:
+              example_inputs: torch.Tensor, latency=None) -> dict[str, list[int]]:
     """Units each block keeps, per kind: `kept_counts` of each kind's table (`prune.ratio`), or with
     `macs_ratio` one ranking of every kind by score per MAC (`allocate_macs`) until that share of the
-    dense model's MACs (`count_params_macs`) is removed."""
+    dense model's MACs (`count_params_macs`) is removed, or with `latency_ratio` by score per millisecond
+    on the measured `latency` table (`allocate_latency`)."""
     widths = {u.kind: u.widths(model) for u in units}
+    if settings.latency_ratio is not None:
+        if latency is None:
+            raise ConfigError("prune.latency_ratio needs the measured latency table")
+        return allocate_latency(tables, widths, latency, latency.dense_ms * (1 - settings.latency_ratio), settings)
     if settings.macs_ratio is None:
         return {u.kind: kept_counts(tables[u.kind], widths[u.kind], settings, u.kind) for u in units}
     costs = {u.kind: u.cost(model, tokens(model)) for u in units}
@@ -82,11 +87,12 @@ def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tenso
     return allocate_macs(tables, widths, costs, math.ceil(settings.macs_ratio * dense), settings, dense)
 
 
-def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor) -> None:
+def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor,
+                 latency=None) -> None:
     """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
     reachable under the caps does not depend on the scores, so a table of zeros answers it."""
     zeros = {u.kind: torch.zeros(len(u.widths(model)), max(u.widths(model))) for u in units}
-    plan_keep(model, units, zeros, settings, example_inputs)
+    plan_keep(model, units, zeros, settings, example_inputs, latency)
 
 
 def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, example_inputs: torch.Tensor,
@@ -179,15 +185,13 @@ def structure_kept(structure: dict) -> tuple[dict[str, list[list[int]]], dict[st
 def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a pruned model from `save_pruned`'s files, without unpickling anything."""
     import timm
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path)
     sfile = path / "structure.json"
-    if not sfile.is_file():
+    if not (sfile.exists() or sfile.is_symlink()):
         raise ConfigError(f"{path} is not a pruned-model directory (no structure.json)")
     try:
-        structure = json.loads(sfile.read_text())
+        structure = json.loads(read_text(sfile, "structure file"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{sfile} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                           "rebuild it (rerun the recipe) or restore it") from None
@@ -202,11 +206,7 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
         raise ConfigError(f"{sfile} does not describe a model prune can rebuild ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:120]})") from None
     weights = path / "model.safetensors"
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ConfigError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
-                          "it may be truncated: rebuild it (rerun the recipe) or restore it") from None
+    state = load_safetensors(weights, "; it may be truncated: rebuild it (rerun the recipe) or restore it")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

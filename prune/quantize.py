@@ -56,6 +56,9 @@ def quantize_onnx(fp32: str | Path, out: str | Path, mode: str,
         raise ConfigError("static quantisation needs calibration images (a dataset); use --quantize dynamic, "
                           "or give the data")
     fp32, out = Path(fp32), Path(out)
+    from .io import check_onnx
+
+    check_onnx(fp32)  # before quant_pre_process loads it with its external data
     tmpdir = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmpdir, ignore_errors=True)
     tmpdir.mkdir(parents=True)

@@ -57,7 +57,9 @@ class PathResult:
     def load(cls, path) -> "PathResult":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        from ..io import check_safetensors
+
+        with safe_open(str(check_safetensors(path)), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "prune.PathResult/1":
                 raise ConfigError(f"{path} is not a prune path-result file")

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
-from ..io import atomic_path
+from ..io import atomic_path, check_safetensors
 from .locate import PathResult
 
 FORMAT = "prune.PathStats/1"
@@ -109,7 +109,7 @@ class PathStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "PathStats":
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(check_safetensors(path)), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ConfigError(f"{path} is not a prune path-stats file (format {meta.get('format')!r})")
