@@ -19,3 +19,17 @@ class UnsupportedModelError(ConfigError):
 
 class DataError(PruneError):
     """A problem found while reading data (missing path, undecodable image, bad label)."""
+
+
+class BadInputError(DataError):
+    """An input file or dataset row that is not what it claims to be, or is hostile (an image that does not
+    decode or is a decompression bomb, a label outside the model's classes): refused with the file or the
+    split and row named."""
+
+    exit_code = 2
+
+
+class DiskFullError(PruneError):
+    """The disk filled up while writing; completed outputs are kept and a rerun resumes."""
+
+    exit_code = 2
