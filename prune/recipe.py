@@ -3,6 +3,7 @@ and full validation before any work starts. Every problem is one line naming the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,10 +76,27 @@ def _share(v, what: str, low_open: bool = True):
     return v
 
 
+class LatencyCfg(_Section):
+    """Where `prune.latency_ratio` pays: the runtime the model will be deployed on (`prune/latency.py`)."""
+
+    runtime: Literal["onnxruntime", "pytorch"] = "onnxruntime"
+    provider: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)  # None: the runtime's default
+    ffn_step: int = Field(64, ge=1)  # FFN widths measured every this many neurons (interpolated between)
+
+    def spec(self):
+        from .latency import LatencySpec
+
+        return LatencySpec(**self.model_dump())
+
+
 class PruneCfg(_Section):
     units: list[str] = Field(default_factory=lambda: ["ffn"])  # what is pruned: ffn (neurons), heads (attention heads)
     ratio: float = Field(0.5, gt=0, lt=1)  # fraction of each pruned kind's units removed
     macs_ratio: float | None = Field(None, gt=0, lt=1)  # share of the dense model's MACs to remove (replaces ratio)
+    latency_ratio: float | None = Field(None, gt=0, lt=1)  # share of the dense model's measured latency to remove
+    latency: LatencyCfg = Field(default_factory=LatencyCfg)  # where latency_ratio is measured
     scope: Literal["uniform", "global"] = "global"  # the criterion's scores decide each block's width
     max_layer_ratio: float | dict[str, float] = 0.9  # global: most of a block's units of a kind that may go (1: all)
     min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: least of a block's units of a kind that must go
@@ -134,6 +152,7 @@ class PruneCfg(_Section):
 
         return PruneSettings(ratio=self.ratio, scope=self.scope, max_layer_ratio=self.max_layer_ratio,
                              round_to=self.round_to, compensate=self.compensate, macs_ratio=self.macs_ratio,
+                             latency_ratio=self.latency_ratio,
                              min_layer_ratio=self.min_layer_ratio)
 
     @field_validator("budget_kind")
@@ -171,7 +190,7 @@ class FinetuneCfg(_Section):
 
 class ExportCfg(_Section):
     enabled: bool = True
-    opset: int = Field(18, ge=13)
+    opset: int = Field(18, ge=18)  # the torch.export-based exporter writes opset 18 and later
     atol: float = Field(1e-4, gt=0)  # max |ORT - PyTorch| of the logits (scaled by max |logit| when > 1)
     quantize: list[Literal["dynamic", "static"]] = Field(default_factory=list)  # int8 files beside fp32 (empty: none)
     calibration_images: int = Field(256, ge=1)  # static int8: training images that calibrate activation ranges
@@ -230,14 +249,22 @@ class Recipe(_Section):
             extra = sorted(set(value) - set(p.units)) if isinstance(value, dict) else []
             if extra:
                 raise ValueError(f"prune.{key} names {', '.join(extra)}, which prune.units {p.units} does not prune")
-        if p.macs_ratio is None and p.scope == "global" and min(caps.get(k, 0.9) for k in p.units) < p.ratio:
+        if (p.macs_ratio is None and p.latency_ratio is None and p.scope == "global"
+                and min(caps.get(k, 0.9) for k in p.units) < p.ratio):
             raise ValueError(f"prune.max_layer_ratio {p.max_layer_ratio} < prune.ratio {p.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
+        if p.macs_ratio is not None and p.latency_ratio is not None:
+            raise ValueError("give one target: prune.macs_ratio (a share of MACs) or prune.latency_ratio (a share "
+                             "of measured latency), not both")
+        if p.latency_ratio is not None and p.scope != "global":
+            raise ValueError("prune.latency_ratio ranks units across blocks and kinds by score per millisecond: it "
+                             "needs prune.scope: global")
         if p.macs_ratio is not None and p.scope != "global":
             raise ValueError("prune.macs_ratio ranks units across blocks and kinds by score per MAC: it needs "
                              "prune.scope: global")
-        if p.min_layer_ratio and p.macs_ratio is None:
-            raise ValueError("prune.min_layer_ratio is a floor of the MACs budget: it needs prune.macs_ratio")
+        if p.min_layer_ratio and p.macs_ratio is None and p.latency_ratio is None:
+            raise ValueError("prune.min_layer_ratio is a floor of a MACs or latency budget: it needs "
+                             "prune.macs_ratio or prune.latency_ratio")
         if self.prune.budget_kind is not None and self.prune.scope != "global":
             raise ValueError("prune.budget_kind ranks a criterion across blocks to set their widths: it needs "
                              "prune.scope: global")
@@ -245,7 +272,7 @@ class Recipe(_Section):
 
         try:  # the criterion (and the one that fills in for it) can score every kind the run prunes
             scorers(self.importance.kind, p.budget_kind, p.units, across_blocks=p.scope == "global",
-                    one_budget=p.macs_ratio is not None)
+                    one_budget=p.macs_ratio is not None or p.latency_ratio is not None)
         except ConfigError as e:
             raise ValueError(str(e)) from None
         if self.prune.mode == "progressive":
@@ -275,7 +302,7 @@ def packaged_recipes() -> list[str]:
 def resolve_recipe_path(name: str) -> Path:
     """A path as given, else a recipe shipped with the package (with or without `.yaml`)."""
     p = Path(name).expanduser()
-    if p.is_file():
+    if p.is_file() or (p.exists() and not p.is_dir()) or p.is_symlink():  # a device or pipe: refused when read
         return p
     for cand in (PACKAGED / p.name, PACKAGED / f"{p.name}.yaml"):
         if cand.is_file():
@@ -305,24 +332,77 @@ def _describe(err: dict) -> str:
     return f"recipe key {key}: {msg} (got {err.get('input')!r})"
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB
+MAX_RECIPE_VALUES = 10_000  # keys and values, aliases expanded: a "billion laughs" recipe stops here
+_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_.\[\]-]+\}")  # ${section.key}: the one interpolation a recipe may use
+
+
+def _plain(tree, where: str) -> None:
+    """Refuse what a recipe must not hold: more than `MAX_RECIPE_VALUES` keys and values once YAML aliases are
+    expanded (a few lines of anchors can expand to billions), keys that are not scalars, and OmegaConf
+    resolvers (`${oc.env:...}` reads the environment, others decode or build values): only references to other
+    keys (`${section.key}`) are interpolated."""
+    stack, seen = [((), tree)], 0
+    while stack:
+        key, node = stack.pop()
+        seen += 1
+        if seen > MAX_RECIPE_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_RECIPE_VALUES:,} keys and values (YAML aliases?); "
+                              "a recipe is a few sections of plain values")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, (str, int, float, bool)):
+                    raise ConfigError(f"{where}: key {str(k)[:80]!r} under {'.'.join(map(str, key)) or 'the top'} "
+                                      "is not a plain name")
+                stack.append(((*key, k), v))
+        elif isinstance(node, list):
+            stack.extend(((*key, i), v) for i, v in enumerate(node))
+        elif isinstance(node, str) and "${" in node and _REFERENCE.sub("", node).count("${"):
+            raise ConfigError(f"{where}: recipe key {'.'.join(map(str, key))} is {node[:120]!r}: a recipe may refer to "
+                              "other keys (${section.key}) but call no OmegaConf resolvers (such as ${oc.env:...})")
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line for a YAML error; a tag that would construct an object is named as refused."""
+    import yaml
+
+    problem = str(getattr(e, "problem", "") or str(e).splitlines()[0])
+    if isinstance(e, yaml.constructor.ConstructorError) and "tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return (f"the YAML tag {tag[:120]} is refused: a recipe holds plain values (prune never builds objects "
+                "from YAML)")
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+
+
 def load_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, apply `key.sub=value` overrides, validate the schema."""
+    """Read a recipe file, apply `key.sub=value` overrides, validate the schema.
+
+    The file and every override are plain YAML values (`yaml.safe_load`; a tag that would construct an object
+    is refused), at most `MAX_RECIPE_BYTES` and `MAX_RECIPE_VALUES`, with no OmegaConf resolvers (`_plain`)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     import yaml
 
+    from .io import read_text
+
     path = resolve_recipe_path(name)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text(path, "recipe", MAX_RECIPE_BYTES))
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        problem = _yaml_problem(e)
+        raise ConfigError(f"recipe {path}: {problem}" if "is refused" in problem
+                          else f"recipe {path} is not valid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {path} cannot be read: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply to be a recipe") from None
     if raw is None:
         raise ConfigError(f"recipe {path} is empty; start from a shipped recipe (prune recipes) and change what you need")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, paths, importance, prune, ...), "
                           f"not a {type(raw).__name__}")
+    _plain(raw, f"recipe {path}")
     try:
         base = OmegaConf.create(raw)
     except OmegaConfBaseException as e:
@@ -330,8 +410,15 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
     for item in overrides or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"--set {item!r}: write it as key.sub=value, e.g. --set prune.ratio=0.3")
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as e:  # OmegaConf parses the value with a safe YAML loader
+            raise ConfigError(f"--set {item[:120]!r}: {_yaml_problem(e)}") from None
+        except (OmegaConfBaseException, TypeError, ValueError, RecursionError) as e:
+            raise ConfigError(f"--set {item[:120]!r}: {str(e).splitlines()[0]}") from None
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or [])))
+        _plain(OmegaConf.to_container(merged, resolve=False), f"recipe {path} with its --set overrides")
         data = OmegaConf.to_container(merged, resolve=True)
     except (OmegaConfBaseException, TypeError, ValueError) as e:  # e.g. a section given as a list
         raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
