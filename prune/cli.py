@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -52,15 +53,14 @@ def _paths_parser(sub) -> None:
     p.add_argument("--image-column", default=None, help="image column (default: detected from the features)")
     p.add_argument("--label-column", default=None, help="label column (default: detected from the features)")
     p.add_argument("--images-per-class", type=int, default=10, help="images drawn from each class (default: 10)")
-    p.add_argument("--method", default="jas",
-                   choices=["jas", "activation", "influence_pattern", "layer_ig", "random"],
+    p.add_argument("--method", default="jas", choices=_choices("paths", "method"),
                    help="jas (default) = the paper's layer-progressive joint attribution; the others are its baselines")
     p.add_argument("--steps", type=int, default=20, help="integrated-gradient steps m (default: 20)")
     p.add_argument("--top-k", type=int, default=1, help="neurons per layer on each path (default: 1, the paper's)")
-    p.add_argument("--scope", default="auto", choices=["auto", "cls", "tokens"],
+    p.add_argument("--scope", default="auto", choices=_choices("paths", "scope"),
                    help="neurons read at the CLS token (cls, the paper's) or as channels over all tokens (tokens); "
                         "auto (default) = cls when the model reads its CLS token")
-    p.add_argument("--target", default="label", choices=["label", "pred"],
+    p.add_argument("--target", default="label", choices=_choices("paths", "target"),
                    help="attribute the probability of the true label (default) or of the prediction")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows (images x steps) per chunk; bounds peak memory (default: 4 images per chunk)")
@@ -75,11 +75,8 @@ def _run_paths(args) -> int:
     from .data import check_source
     from .paths.discover import DiscoverySettings, discover
 
-    for name in ("images_per_class", "steps", "top_k"):
-        if getattr(args, name) < 1:
-            raise _usage(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise _usage(f"--batch-size must be at least 1, not {args.batch_size}")
+    args.writes = args.out
+    _check_options(args, "paths", "images_per_class", "steps", "top_k", "batch_size", "seed")
     check_source(args.data)
     settings = DiscoverySettings(method=args.method, steps=args.steps, top_k=args.top_k, scope=args.scope,
                                  target=args.target, images_per_class=args.images_per_class,
@@ -97,6 +94,65 @@ def _usage(msg: str) -> PruneError:
     from .errors import ConfigError
 
     return ConfigError(msg)
+
+
+# Options a subcommand shares with a recipe key take their range (and choices) from the recipe schema
+# (`prune/recipe.py`), so `--opset` and `export.opset`, `--repeats` and `bench.repeats`, ... cannot disagree.
+def _schema_field(section: str, field: str):
+    from .recipe import Recipe, _section
+
+    cls = _section(Recipe.model_fields[section].annotation)
+    return cls, cls.model_fields[field]
+
+
+def _choices_of_list(section: str, field: str) -> list[str]:
+    """The values a recipe key of type `list[Literal[...]]` allows."""
+    import typing
+
+    return list(typing.get_args(typing.get_args(_schema_field(section, field)[1].annotation)[0]))
+
+
+def _choices(section: str, field: str) -> list[str]:
+    """The values a recipe key of type `Literal[...]` allows, for an option's `choices`."""
+    import typing
+
+    return list(typing.get_args(_schema_field(section, field)[1].annotation))
+
+
+def _range(info) -> str | None:
+    """A field's numeric bounds in words ("at least 1", "in [0, 1)"), from its constraints."""
+    bound = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower()) for m in info.metadata
+             if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}
+    low = ("[", bound["ge"]) if "ge" in bound else ("(", bound["gt"]) if "gt" in bound else None
+    high = (bound["le"], "]") if "le" in bound else (bound["lt"], ")") if "lt" in bound else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"at least {low[1]}" if low[0] == "[" else ("positive" if low[1] == 0 else f"more than {low[1]}")
+    if high:
+        return f"at most {high[0]}" if high[1] == "]" else f"less than {high[0]}"
+    return None
+
+
+def _check_options(args, section: str, *fields: str, flags: dict[str, str] | None = None,
+                   values: dict | None = None) -> None:
+    """Validate the options behind `fields` (`args.<field>`, or `values[field]`; flag `--field-name` unless
+    `flags` says otherwise) with the recipe section's own field constraints: one ConfigError naming the flag,
+    its allowed range and the recipe key that shares it."""
+    from pydantic import ValidationError
+
+    flags, given = flags or {}, {f: (values or {}).get(f, getattr(args, f, None)) for f in fields}
+    cls = _schema_field(section, fields[0])[0]
+    try:
+        cls.model_validate({f: v for f, v in given.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0])
+        flag = flags.get(field, "--" + field.replace("_", "-"))
+        allowed = _range(cls.model_fields[field])
+        value = given[field]
+        what = f"must be {allowed}" if allowed else err["msg"].removeprefix("Value error, ").lower()
+        raise _usage(f"{flag} {what}, not {value} (the same range as recipe key {section}.{field})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("target", help="a run directory (prune --recipe --out) or a pruned-model directory (structure.json)")
     ex.add_argument("--out", default=None, help="ONNX file to write (default: <target directory name>.onnx here)")
-    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 18 (default: 18)")
+    ex.add_argument("--opset", type=int, default=18,
+                    help=f"ONNX opset, {_range(_schema_field('export', 'opset')[1])} (default: 18)")
     ex.add_argument("--atol", type=float, default=1e-4,
                     help="max |onnxruntime - PyTorch| of the logits, scaled by max |logit| when above 1 (default: 1e-4)")
     ex.add_argument("--quantize", default="", metavar="MODES",
@@ -214,9 +271,12 @@ def _run_bench(args) -> int:
 
     try:
         sizes = [int(v) for v in args.batch_sizes.split(",")]
-        assert sizes and all(v >= 1 for v in sizes)
-    except (ValueError, AssertionError):
-        raise _usage(f"--batch-sizes must be positive integers separated by commas, not {args.batch_sizes!r}") from None
+        _check_options(args, "bench", "batch_sizes", values={"batch_sizes": sizes})
+    except (ValueError, PruneError):
+        raise _usage(f"--batch-sizes must be positive integers separated by commas, not {args.batch_sizes!r} "
+                     "(the same rule as recipe key bench.batch_sizes)") from None
+    _check_options(args, "bench", "warmup", "repeats", "threads")
+    args.writes = args.json
     if args.threads:
         torch_threads(args.threads)
     root = Path(args.target)
@@ -292,6 +352,7 @@ def _run_recipe(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     validate_environment(recipe)
     out = args.out or f"runs/{recipe.name}"
+    args.writes = out
     summary = Pipeline(recipe, out, update=args.update, progress=not args.quiet).run(force)
     from . import dist
 
@@ -375,6 +436,7 @@ def _run_specialize(args) -> int:
         raise _usage(_describe(e.errors()[0])) from None
     validate_environment(recipe)
     out = Path(args.out or f"{run}-classes-{re.sub(r'[^A-Za-z0-9_.-]+', '_', '-'.join(classes))}")
+    args.writes = out
     paths = run / "paths"
     reuse = (paths / "stage.json").is_file() and not (out / "paths").exists()
     pipeline = Pipeline(recipe, out, update=args.update, progress=not args.quiet)  # checks --out first
@@ -396,10 +458,14 @@ def _run_export(args) -> int:
     from .pruning import load_pruned
 
     target = Path(args.target)
-    if args.opset < 18:
-        raise _usage(f"--opset must be at least 18 (the torch.export-based exporter), not {args.opset}")
-    if not args.atol > 0:
-        raise _usage(f"--atol must be positive, not {args.atol}")
+    _check_options(args, "export", "opset", "atol", "max_int8_drop")
+    _check_options(args, "data", "eval_images", flags={"eval_images": "--images"}, values={"eval_images": args.images})
+    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
+    try:
+        _check_options(args, "export", "quantize", values={"quantize": modes})
+    except PruneError:
+        raise _usage(f"--quantize {args.quantize}: give {' or '.join(_choices_of_list('export', 'quantize'))}, "
+                     "or both separated by a comma (the same modes as recipe key export.quantize)") from None
     run = (target / "recipe.yaml").is_file()
     if run:
         from .artifacts import final_model_dir
@@ -415,23 +481,16 @@ def _run_export(args) -> int:
         raise _usage(f"--out {out}: give a file name ending in .onnx")
     if out.is_dir():
         raise _usage(f"--out {out} is a directory; give a file name ending in .onnx")
-    from .quantize import MODES
-
-    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or len(set(modes)) != len(modes):
-        raise _usage(f"--quantize {args.quantize}: give dynamic, static or dynamic,static")
     if "static" in modes and not run and args.data is None:
         raise _usage("--quantize static calibrates on training images: give --data (a dataset with train and test "
                      "splits), or export from a run directory")
-    if not 0 <= args.max_int8_drop < 1:
-        raise _usage(f"--max-int8-drop must be in [0, 1), not {args.max_int8_drop}")
     model, structure = load_pruned(model_dir)
     size = structure["data_config"].get("input_size") or [3, *model.patch_embed.img_size]
     images = _run_images(target, structure) if run else None
     if images is None:
         images = torch.randn(8, *size, generator=torch.Generator().manual_seed(0))
     classes = structure.get("classes")
+    args.writes = out.parent
     out.parent.mkdir(parents=True, exist_ok=True)
     from .export import deploy_metadata
 
@@ -544,6 +603,7 @@ def _run_convert(args) -> int:
     from pathlib import Path
 
     out = Path(args.out)
+    args.writes = out.parent
     if out.exists():
         raise _usage(f"--out {out} exists; give a new directory")
     try:
@@ -555,7 +615,7 @@ def _run_convert(args) -> int:
         raise _usage("give --pretrained (timm hub weights) or --checkpoint (a safetensors file), not both")
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     if ckpt is not None:
-        if not ckpt.is_file():
+        if not (ckpt.exists() or ckpt.is_symlink()):
             raise _usage(f"--checkpoint {ckpt} does not exist")
         if ckpt.suffix != ".safetensors":
             raise _usage(f"--checkpoint {ckpt}: give a safetensors file; prune never unpickles .pth/.bin files "
@@ -609,17 +669,89 @@ def _list_recipes(args) -> int:
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM, raised in the main thread so that every `finally` runs: a stage's
+    temporary directory is removed and the run directory's lock released before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise `Interrupted` (once: a second signal while the first one's cleanup runs is
+    ignored, so the cleanup completes); the previous handlers come back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _disk_full(e: BaseException, args) -> str | None:
+    """The one-line message for an exception caused by a full disk (ENOSPC / EDQUOT anywhere in its chain,
+    or a library's wrapped "No space left on device"); None for anything else."""
+    import errno
+
+    seen, cause, filename = set(), e, None
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            filename = cause.filename
+            break
+        text = str(cause)
+        if "No space left on device" in text or "os error 28" in text or "StorageFull" in text:
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    from pathlib import Path
+
+    where = getattr(args, "writes", None) or (Path(filename).parent if filename else None)
+    where = f" writing to {where}" if where else ""
+    return (f"no space left on device{where}: free space there and rerun the same command (completed stages are "
+            "kept and reused; nothing partial was written)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    with _interruptible():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            print(f"prune: interrupted ({signal.Signals(signum).name}); completed stages are kept and nothing "
+                  "partial was written: rerun the same command to resume", file=sys.stderr)
+            return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None and not args.recipe:
         parser.print_help()
         return 2
-    if args.quiet:
-        import datasets
-
-        datasets.disable_progress_bars()
     try:
+        if args.quiet:
+            import datasets
+
+            datasets.disable_progress_bars()
         if args.command is None:
             return _run_recipe(args)
         return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench,
@@ -630,12 +762,17 @@ def main(argv: list[str] | None = None) -> int:
             msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
         print(f"prune: error: {msg}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
-        print(f"prune: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("prune: interrupted; completed outputs are kept, partial ones were not written", file=sys.stderr)
-        return 130
+    except Exception as e:
+        from .errors import DiskFullError
+
+        full = _disk_full(e, args)
+        if full is not None:
+            print(f"prune: error: {full}", file=sys.stderr)
+            return DiskFullError.exit_code
+        if isinstance(e, OSError):
+            print(f"prune: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
