@@ -58,3 +58,43 @@ def test_every_subcommand_help_has_an_example_and_no_misleading_defaults(command
     assert "example" in text.lower()
     for bad in ("(default: None)", "(default: True)", "(default: False)", ") (default:"):
         assert bad not in text, bad
+
+
+@pytest.mark.parametrize("argv, key, value", [
+    (["paths", "--steps", "0"], "paths.steps", "0"), (["paths", "--top-k", "0"], "paths.top_k", "0"),
+    (["paths", "--images-per-class", "0"], "paths.images_per_class", "0"),
+    (["paths", "--batch-size", "0"], "paths.batch_size", "0"),
+    (["bench", "digits-vit", "--repeats", "0"], "bench.repeats", "0"),
+    (["bench", "digits-vit", "--warmup", "-1"], "bench.warmup", "-1"),
+    (["bench", "digits-vit", "--threads", "0"], "bench.threads", "0"),
+    (["bench", "digits-vit", "--batch-sizes", "1,0"], "bench.batch_sizes", "[1,0]"),
+    (["export", "runs/x", "--opset", "17"], "export.opset", "17"), (["export", "runs/x", "--atol", "0"], "export.atol", "0"),
+    (["export", "runs/x", "--max-int8-drop", "1"], "export.max_int8_drop", "1"),
+    (["export", "runs/x", "--quantize", "int4"], "export.quantize", "[int4]"),
+    (["export", "runs/x", "--images", "0"], "data.eval_images", "0"),
+])
+def test_an_option_shared_with_a_recipe_key_has_the_same_range(tmp_path, capsys, argv, key, value):
+    """The CLI checks these options with the recipe schema's own constraints: both refuse the same value."""
+    from prune.errors import ConfigError
+    from prune.recipe import load_recipe
+
+    if argv[0] == "paths":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prune: error: ") and f"recipe key {key}" in err[0], err
+    with pytest.raises(ConfigError, match=f"recipe key {key}"):
+        load_recipe("quickstart.yaml", [f"{key}={value}"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_option_choices_are_the_recipe_schema_s():
+    import typing
+
+    from prune.cli import build_parser
+    from prune.recipe import PathsCfg
+
+    paths = build_parser()._subparsers._group_actions[0].choices["paths"]
+    choices = {a.dest: a.choices for a in paths._actions if a.choices}
+    for field in ("method", "scope", "target"):
+        assert list(choices[field]) == list(typing.get_args(PathsCfg.model_fields[field].annotation))

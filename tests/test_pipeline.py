@@ -152,7 +152,7 @@ def test_bad_eval_row_stops_cleanly_or_is_skipped(tmp_path, capsys):
                           broken_row=("test", 4))
     capsys.readouterr()
     args = ["--set", f"data.source={data}", "--set", "data.eval_images=null"]
-    assert run(tmp_path, *args) == 1
+    assert run(tmp_path, *args) == 2  # a broken input (prune.errors.BadInputError)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "split 'test' row 4: image does not decode" in err[0] and "skip_bad" in err[0]
     root = tmp_path / "run"
