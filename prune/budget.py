@@ -9,6 +9,7 @@ always agree.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class PruneSettings:
     compensate: str = "none"  # "mean": fold removed units' mean output into the next layer's bias
     macs_ratio: float | None = None  # share of the dense model's MACs to remove, across all kinds (replaces ratio)
     min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: every block loses at least this fraction (per kind)
+    latency_ratio: float | None = None  # share of the dense model's predicted latency to remove (`latency.py`)
 
     def cap(self, kind: str) -> float:
         return per_kind(self.max_layer_ratio, kind, 0.9)
@@ -80,6 +82,55 @@ def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]],
             break
         kept[k][l] -= 1
         removed_macs += costs[k][l]
+    return {k: rounded(kept[k], widths[k], settings, k) for k in kept}
+
+
+def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int]], latency, target_ms: float,
+                     settings: PruneSettings) -> dict[str, list[int]]:
+    """Units each block keeps, per kind, so that the predicted latency (`latency.LatencyTable.predict`) is at
+    most `target_ms`.
+
+    Like `allocate_macs`, but a unit's cost is what removing it saves at its block's current width on the
+    measured table (the step to width 0, where the branch becomes its bias, included), so units are
+    ranked by score per millisecond and the ranking is updated as widths shrink. Floors and caps as there.
+    """
+    kept, least, orders = {k: list(w) for k, w in widths.items()}, {}, {}
+    for k in widths:
+        for l, w in enumerate(widths[k]):
+            lo, hi = removable(w, settings.cap(k), settings.floor(k))
+            row = tables[k][l, :w].double()
+            orders[k, l] = (row.argsort(stable=True).tolist(), row)
+            kept[k][l] = w - lo
+            least[k, l] = w - hi
+    floor_ms = latency.predict({k: [least[k, l] for l in range(len(widths[k]))] for k in widths})
+    if floor_ms > target_ms + 1e-9:
+        dense = latency.predict(widths)
+        reach = 1 - floor_ms / dense
+        raise ConfigError(f"prune.latency_ratio {settings.latency_ratio} is unreachable: the caps (prune.max_layer_ratio) "
+                          f"leave at least {floor_ms:.3f} ms of the dense {dense:.3f} ms; lower prune.latency_ratio to "
+                          f"{math.floor(reach * 1000) / 1000}, raise prune.max_layer_ratio (1.0 lets a block lose every "
+                          "unit of a kind), or add a kind to prune.units")
+
+    def step(k: str, l: int) -> float:
+        n = kept[k][l]
+        return latency.branch(k, n) - latency.branch(k, n - 1)
+
+    heap = []
+
+    def push(k: str, l: int) -> None:
+        if kept[k][l] > least[k, l]:
+            order, row = orders[k, l]
+            unit = order[widths[k][l] - kept[k][l]]  # the lowest-scoring unit still there
+            heapq.heappush(heap, (row[unit].item() / max(step(k, l), 1e-9), k, l))
+
+    for k, l in orders:
+        push(k, l)
+    current = latency.predict(kept)
+    while current > target_ms and heap:
+        _, k, l = heapq.heappop(heap)
+        current -= step(k, l)
+        kept[k][l] -= 1
+        push(k, l)
     return {k: rounded(kept[k], widths[k], settings, k) for k in kept}
 
 

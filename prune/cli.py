@@ -19,6 +19,8 @@ the ones it can spare.
   prune convert MODEL --out DIR
                          a timm model (hub weights or a safetensors checkpoint) as a model directory
   prune recipes          list the recipes shipped with the package
+  prune plan --recipe R
+                         the per-block plan of a cut (heads and neurons kept, MACs, predicted ms), before surgery
   prune paths ...        discover neuron paths over a dataset on their own
   prune specialize RUN --classes cat,dog
                          a model for some classes only, from a finished run (its paths are reused)
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="rerun this stage even if its inputs are unchanged: paths, importance, prune, baseline, "
-                             "evaluate, finetune, export, bench, report, or all (repeatable)")
+                             "evaluate, reconstruct, finetune, export, bench, report, or all (repeatable)")
     parser.add_argument("--update", action="store_true",
                         help="accept a changed recipe in an existing run directory; unchanged stages are reused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -193,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--update", action="store_true",
                     help="accept a changed recipe in an existing --out; unchanged stages are reused")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl = sub.add_parser(
+        "plan", help="the per-block plan of a recipe's cut, before any surgery",
+        description="Score the units as the recipe says (the paths and importance stages of its run directory, "
+                    "reused when done), then print, per block, the heads and FFN neurons the cut keeps, the MACs it "
+                    "removes and, with a measured latency table (prune.latency), the predicted branch latency, "
+                    "with the predicted speed-up; an unreachable target is an error before any work. The plan is "
+                    "written to RUN/plan.json (or --json). Example:\n\n"
+                    "  prune plan --recipe quickstart.yaml --set 'prune.units=[ffn,heads]' --set prune.latency_ratio=0.4 "
+                    "--set prune.max_layer_ratio=1.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--recipe", required=True, help="recipe YAML file, or the name of a shipped recipe")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe value (repeatable)")
+    pl.add_argument("--out", help="run directory (default: runs/<recipe name>); a later prune --recipe reuses it")
+    pl.add_argument("--json", help="also write the plan here")
+    pl.add_argument("--update", action="store_true",
+                    help="accept a changed recipe in an existing run directory; unchanged stages are reused")
+    pl.add_argument("--quiet", action="store_true", help="no progress bars")
     cv = sub.add_parser(
         "convert", help="turn a timm model (hub weights or a safetensors checkpoint) into a model directory",
         description="Write DIR/config.json (architecture, model_kwargs, mean, std, interpolation, crop_pct) and "
@@ -363,6 +383,45 @@ def _run_recipe(args) -> int:
     if recipe.export.fail_on_int8_drop and int8_warnings(summary):
         print(f"prune: error: {int8_warnings(summary)[0]} (export.fail_on_int8_drop is set)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_plan(args) -> int:
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from .io import write_json
+    from .pipeline import Pipeline
+    from .plan import block_plan, render
+    from .recipe import load_recipe
+    from .stages import importance
+    from .stages.prune import planned_keep
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = args.out or f"runs/{recipe.name}"
+    args.writes = out
+    pipeline = Pipeline(recipe, out, update=args.update, progress=not args.quiet)
+    pipeline.run(until=importance.NAME)
+    ctx = pipeline.ctx
+    model, data_cfg, _ = ctx.model()
+    example = torch.zeros(1, *data_cfg.input_size)
+    imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
+    plan = block_plan(model, ctx.units, planned_keep(ctx, imp, model, example), example, ctx.latency_table())
+    from .report import describe_target
+
+    target = describe_target({"prune": recipe.prune.model_dump(),
+                              "macs": {"dense": plan["macs_dense"], "pruned": plan["macs_planned"]},
+                              "latency_predicted": {"dense_ms": plan["ms_dense"], "pruned_ms": plan["ms_planned"]}
+                              if "ms_dense" in plan else None})
+    print(f"\n{recipe.name}: {recipe.importance.kind} importance, {target}: reachable")
+    for line in render(plan):
+        print("  " + line)
+    write_json(Path(out) / "plan.json", plan)
+    if args.json:
+        write_json(args.json, plan)
+    print(f"wrote {out}/plan.json" + (f" and {args.json}" if args.json else ""))
     return 0
 
 
@@ -755,7 +814,8 @@ def _main(argv: list[str] | None) -> int:
         if args.command is None:
             return _run_recipe(args)
         return {"paths": _run_paths, "recipes": _list_recipes, "bench": _run_bench,
-                "specialize": _run_specialize, "export": _run_export, "convert": _run_convert}[args.command](args)
+                "specialize": _run_specialize, "export": _run_export, "convert": _run_convert,
+                "plan": _run_plan}[args.command](args)
     except PruneError as e:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message

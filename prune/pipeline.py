@@ -37,11 +37,11 @@ class Pipeline:
         ctx.run_dir = self.run_dir
         self.ctx = ctx
 
-    def run(self, force: set[str] = frozenset()) -> dict:
-        """Build (or reuse) every stage the recipe asks for; returns the run's summary (also `summary.json`).
-        The run directory's lock is released at the end, whatever happens."""
+    def run(self, force: set[str] = frozenset(), until: str | None = None) -> dict | None:
+        """Build (or reuse) every stage the recipe asks for (with `until`, up to that stage only); returns the
+        run's summary (also `summary.json`). The run directory's lock is released at the end, whatever happens."""
         try:
-            for stage in PIPELINE:
+            for stage in PIPELINE[:STAGES.index(until) + 1] if until else PIPELINE:
                 inputs = stage.inputs(self.ctx)
                 if inputs is None:
                     continue

@@ -20,6 +20,10 @@ def describe_target(m: dict) -> str:
     """What the run removed, in the recipe's terms: a share of MACs, or a share of each kind's units."""
     p = m["prune"]
     kinds = " and ".join(UNIT_NAMES.get(k, k) for k in p.get("units", ["ffn"]))
+    if p.get("latency_ratio") is not None:
+        lp = m.get("latency_predicted") or {}
+        done = f" ({1 - lp['pruned_ms'] / lp['dense_ms']:.1%} predicted)" if lp else ""
+        return f"{p['latency_ratio']:.0%} of the measured latency to remove by pruning {kinds}{done}"
     if p.get("macs_ratio") is not None:
         done = 1 - m["macs"]["pruned"] / m["macs"]["dense"]
         return f"{p['macs_ratio']:.0%} of MACs to remove by pruning {kinds} ({done:.1%} removed)"
@@ -112,6 +116,18 @@ def render_markdown(m: dict) -> str:
                               if k.startswith("batch_"))
             lines.append(f"ONNX `{name}` (opset {p['opset']}): max |ORT - PyTorch| {diffs} (tolerance {p['parity']['atol']}).")
         lines.append("")
+    lp = m.get("latency_predicted")
+    if lp:
+        measured = (lat.get("onnxruntime" if lp["runtime"] == "onnxruntime" else "pytorch") or {})
+        b = str(lp["batch_size"])
+        got = [measured.get(n, {}).get(b, {}).get("median_ms") for n in ("dense", "pruned")]
+        line = (f"Latency budget ({lp['runtime']}, {lp['provider']}, batch {b}, threads {lp['threads'] or 'default'}): "
+                f"predicted {lp['dense_ms']:.3f} ms dense, {lp['pruned_ms']:.3f} ms pruned "
+                f"({lp['dense_ms'] / lp['pruned_ms']:.2f}x)")
+        if None not in got:
+            line += (f"; measured {got[0]:.3f} and {got[1]:.3f} ms ({got[0] / got[1]:.2f}x; prediction error on the "
+                     f"pruned model {lp['pruned_ms'] / got[1] - 1:+.1%})")
+        lines += [line + ".", ""]
     if lat:
         lines += [f"Latency: median of {m['bench']['repeats']} alternating runs after {m['bench']['warmup']} warm-up; "
                   f"threads {m['bench']['threads']}.", ""]

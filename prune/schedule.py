@@ -38,7 +38,7 @@ def iterative_tables(dense: nn.Module, units: list[Unit], score: Callable[[nn.Mo
                      budget: Callable[[nn.Module], dict[str, torch.Tensor]] | None, settings: PruneSettings,
                      iterations: int, example_inputs: torch.Tensor,
                      refit: Callable[[nn.Module], None] | None = None, log: Callable[[str], None] = print,
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+                     latency=None) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     """`(tables, keep)` after `iterations` steps. `score(model)` gives the choosing criterion's tables of a
     (partly pruned) model, `budget(model)` the tables that set the widths (None: the same), `refit(model)`
     re-fits a cut model in place (None: no re-fit)."""
@@ -54,8 +54,9 @@ def iterative_tables(dense: nn.Module, units: list[Unit], score: Callable[[nn.Mo
         share = step / iterations
         step_settings = dataclasses.replace(
             settings, ratio=settings.ratio * share,
-            macs_ratio=None if settings.macs_ratio is None else settings.macs_ratio * share)
-        keep = plan_keep(dense, units, plan, step_settings, example_inputs)
+            macs_ratio=None if settings.macs_ratio is None else settings.macs_ratio * share,
+            latency_ratio=None if settings.latency_ratio is None else settings.latency_ratio * share)
+        keep = plan_keep(dense, units, plan, step_settings, example_inputs, latency)
         for k in widths:  # survivors of this step: the best-scoring of the units still alive
             new = []
             for l, idx in enumerate(alive[k]):

@@ -1,7 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("PRUNE_CACHE_DIR", tempfile.mkdtemp(prefix="prune-test-cache-"))  # latency tables
 
 import pytest  # noqa: E402
 import timm  # noqa: E402

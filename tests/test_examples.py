@@ -74,6 +74,13 @@ EXAMPLES = {
     "--images-per-class 10 --top-k 5 --out runs/cifar_paths":
         "run: paths --model models/mine --data {data} --split test --images-per-class 1 --steps 2 --top-k 5 --out {tmp}/p3",
     "prune recipes && prune --recipe quickstart.yaml": "covered: the README's prune recipes and first examples",
+    "prune plan --recipe R": "covered: the plan example below",
+    # a latency table on onnxruntime exports a graph per head count and FFN width: PyTorch's is timed in seconds
+    "prune plan --recipe quickstart.yaml --set 'prune.units=[ffn,heads]' --set prune.latency_ratio=0.4 "
+    "--set prune.max_layer_ratio=1.0":
+        "run: plan --recipe quickstart.yaml --set prune.units=[ffn,heads] --set prune.latency_ratio=0.4 "
+        "--set prune.max_layer_ratio=1.0 "
+        "--set prune.latency.runtime=pytorch --set importance.calibration_images=32 --out {tmp}/plan",
 }
 
 

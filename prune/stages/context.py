@@ -40,7 +40,8 @@ class RunContext:
         pr = recipe.prune
         self.criterion, self.budget_criterion = scorers(recipe.importance.kind, pr.budget_kind, pr.units,
                                                         across_blocks=pr.scope == "global",
-                                                        one_budget=pr.macs_ratio is not None)
+                                                        one_budget=pr.macs_ratio is not None
+                                                        or pr.latency_ratio is not None)
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
         self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
         # the importance stage decides the widths when scoring depends on them, or another criterion sets them
@@ -51,6 +52,7 @@ class RunContext:
         self._classes: list[int] | None = None
         self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, tuple] = {}
+        self._latency = None
 
     def scorer(self, kind: str) -> Criterion:
         """The criterion that scores units of `kind`: the run's own, or the budget criterion where it cannot."""
@@ -61,7 +63,20 @@ class RunContext:
         from ..pruning import check_budget
 
         model, data_cfg, _ = self.model()
-        check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size))
+        check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size),
+                     self.latency_table())
+
+    def latency_table(self):
+        """The measured latency table of the dense model where `prune.latency` says (cached on disk and for the
+        run), when the recipe budgets latency; else None."""
+        if self.r.prune.latency_ratio is None:
+            return None
+        if self._latency is None:
+            from ..latency import latency_table
+
+            model, data_cfg, _ = self._loaded()
+            self._latency = latency_table(model, self.r.prune.latency.spec(), tuple(data_cfg.input_size), log=self.log)
+        return self._latency
 
     # ------------------------------------------------------------------------ what stage keys share
     def model_inputs(self) -> dict:

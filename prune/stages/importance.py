@@ -47,8 +47,10 @@ def inputs(ctx) -> dict:
         inp["paths"] = r.paths.model_dump(include={"images_per_class", "steps", "seed", "batch_size"})
     if ctx.importance_fixes_widths:
         inp["prune"] = r.prune.model_dump(include={"ratio", "scope", "max_layer_ratio", "round_to", "mode",
-                                                   "budget_kind", "macs_ratio", "min_layer_ratio"})
+                                                   "budget_kind", "macs_ratio", "min_layer_ratio", "latency_ratio"})
         inp["budget"] = ctx.budget_criterion.name
+        if ctx.latency_table() is not None:
+            inp["latency_table"] = ctx.latency_table().to_json()
     if r.prune.mode == "iterative":  # the steps re-fit the cut model when the recipe re-fits
         inp["iterative"] = r.prune.model_dump(include={"iterations", "reconstruct", "reconstruct_images",
                                                        "reconstruct_ridge", "compensate"})
@@ -143,7 +145,7 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[in
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
                     save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
         scored = tables
-    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs), scored
+    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs, ctx.latency_table()), scored
 
 
 def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[dict, dict]:
@@ -167,7 +169,7 @@ def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[di
         refit_cut = lambda m: refit(m, sctx.model, ctx.batches(loader, "reconstruct"),  # noqa: E731
                                     ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum)
     return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr.settings(),
-                            pr.iterations, sctx.example_inputs, refit_cut, ctx.log)
+                            pr.iterations, sctx.example_inputs, refit_cut, ctx.log, latency=ctx.latency_table())
 
 
 def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:

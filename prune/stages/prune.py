@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..io import write_json
+from ..plan import block_plan
 from ..pruning import count_params_macs, plan_keep, prune_units, save_pruned
 from ..units import FFN
 from . import importance
@@ -17,7 +18,18 @@ DISTRIBUTED = False
 
 
 def inputs(ctx) -> dict:
-    return {**ctx.model_inputs(), "prune": ctx.r.prune.model_dump(), "reads": [importance.NAME]}
+    inp = {**ctx.model_inputs(), "prune": ctx.r.prune.model_dump(), "reads": [importance.NAME]}
+    if ctx.latency_table() is not None:  # a table measured again (another machine) may plan other widths
+        inp["latency_table"] = ctx.latency_table().to_json()
+    return inp
+
+
+def planned_keep(ctx, imp: dict, model, example: torch.Tensor) -> dict[str, list[int]]:
+    """Units each block keeps, per kind: fixed by the importance stage, or planned here from its tables."""
+    if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
+        return {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
+    tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
+    return plan_keep(model, ctx.units, tables, ctx.r.prune.settings(), example, ctx.latency_table())
 
 
 def build(ctx, out: Path) -> dict:
@@ -28,10 +40,8 @@ def build(ctx, out: Path) -> dict:
     params0, macs0 = count_params_macs(model, example)
     settings = p.settings()
     tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
-    if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
-        keep = {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
-    else:
-        keep = plan_keep(model, ctx.units, tables, settings, example)
+    keep = planned_keep(ctx, imp, model, example)
+    plan = block_plan(model, ctx.units, keep, example, ctx.latency_table())
     dense_widths, kept = {}, {}
     for unit in ctx.units:
         k = unit.kind
@@ -47,5 +57,12 @@ def build(ctx, out: Path) -> dict:
             "dense_widths": ffn["dense_widths"], "widths": ffn["widths"], "ffn_neurons_removed": ffn["removed"],
             "emptied_blocks": [l for l in range(len(model.blocks))
                                if all(units[k]["widths"][l] == 0 for k in units) and len(units) == 2]}
+    info["plan"] = plan
+    table = ctx.latency_table()
+    if table is not None:  # what the budget was paid in, and what it predicts for the pruned model
+        write_json(out / "latency_table.json", table.to_json())
+        info["latency_predicted"] = {"dense_ms": table.dense_ms,
+                                     "pruned_ms": table.predict({k: [len(i) for i in kept[k]] for k in kept}),
+                                     **ctx.r.prune.latency.model_dump()}
     write_json(out / "prune.json", info)
     return info

@@ -45,6 +45,7 @@ def collect(ctx) -> dict:
         "ffn_widths": {"dense": pr["dense_widths"], "pruned": pr["widths"]},
         "widths": {k: {"dense": u["dense_widths"], "pruned": u["widths"]} for k, u in pr["units"].items()},
         "emptied_blocks": pr["emptied_blocks"],
+        **({"latency_predicted": pr["latency_predicted"]} if "latency_predicted" in pr else {}),
         "accuracy": {"dense": metrics["dense"], "pruned": metrics["pruned"]},
         "skipped_rows": {"eval": sorted(set(metrics["dense"].pop("skipped_rows", [])
                                             + metrics["pruned"].pop("skipped_rows", []))),

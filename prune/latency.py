@@ -1,0 +1,241 @@
+"""A cost model in measured time: what each block's attention and FFN branch costs on the runtime the
+model will be deployed on, at every head count and over a grid of FFN widths (0 included: the branch
+as its bias), so a budget can be paid in milliseconds (`prune.latency_ratio`) rather than MACs.
+
+Dense blocks are identical, so one block is enough: its attention branch (`x + attn(norm1(x))`) is
+built at every head count and its FFN branch (`x + mlp(norm2(x))`) at the grid widths, each exported
+on its own (onnxruntime) or run as is (PyTorch) and timed alternately with warm-up (medians,
+`bench.measure_until_stable`). The dense model is timed whole as well, and a prediction is anchored
+there: predicted(model) = measured dense + the sum over blocks of (branch at its width - branch at
+the dense width), which leaves out the per-graph overheads that separate small graphs add. Widths
+between grid points are interpolated linearly.
+
+Tables are cached by everything they depend on (block shape, tokens, runtime and provider, batch
+size, threads, CPU model, library versions) under `$PRUNE_CACHE_DIR` (default `~/.cache/prune`), so
+the second run on the same machine reuses it; the run records its table in the prune stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .units import FFN, HEADS, is_empty
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """Where latency is paid: runtime (onnxruntime or pytorch), provider (cpu or cuda), batch size, threads."""
+
+    runtime: str = "onnxruntime"
+    provider: str = "cpu"
+    batch_size: int = 1
+    threads: int | None = None
+    ffn_step: int = 64  # FFN widths are measured every this many neurons (and at 0 and the dense width)
+
+
+@dataclass
+class LatencyTable:
+    key: dict
+    dense_ms: float  # the whole dense model, measured
+    attn_ms: list[float]  # attention branch at 0..heads heads
+    ffn_widths: list[int]  # grid
+    ffn_ms: list[float]  # FFN branch at each grid width
+    depth: int
+    seconds: float = 0.0  # what measuring took
+    noise: dict = field(default_factory=dict)
+
+    def attn(self, heads: int) -> float:
+        return self.attn_ms[heads]
+
+    def ffn(self, width: float) -> float:
+        """The FFN branch at `width` neurons, linear between grid points."""
+        xs, ys = self.ffn_widths, self.ffn_ms
+        if width <= xs[0]:
+            return ys[0]
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+            if width <= x1:
+                return y0 + (y1 - y0) * (width - x0) / (x1 - x0)
+        return ys[-1]
+
+    def branch(self, kind: str, width: int) -> float:
+        return self.attn(width) if kind == HEADS.kind else self.ffn(width)
+
+    def predict(self, widths: dict[str, list[int]]) -> float:
+        """Predicted latency (ms) of a model with these per-block widths (kinds not given stay dense)."""
+        dense = {HEADS.kind: len(self.attn_ms) - 1, FFN.kind: self.ffn_widths[-1]}
+        delta = sum(self.branch(k, w) - self.branch(k, dense[k]) for k, ws in widths.items() for w in ws)
+        return self.dense_ms + delta
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _shell(block: nn.Module) -> nn.Module:
+    """A module with `blocks = [block]`, what the unit kinds' `resize` and `empty` work on."""
+    shell = nn.Module()
+    shell.blocks = nn.ModuleList([block])
+    return shell
+
+
+class _Branch(nn.Module):
+    """One residual branch of a block on its own: `x + ls(branch(norm(x)))`."""
+
+    def __init__(self, block: nn.Module, kind: str):
+        super().__init__()
+        self.block, self.kind = block, kind
+
+    def forward(self, x):
+        b = self.block
+        if self.kind == HEADS.kind:
+            return x + b.ls1(b.attn(b.norm1(x)))
+        return x + b.ls2(b.mlp(b.norm2(x)))
+
+
+def _branches(model: nn.Module, spec: LatencySpec) -> dict[str, nn.Module]:
+    """Every graph to time: `attn{h}`, `ffn{w}` (built from block 0 of the dense model)."""
+    block = model.blocks[0]
+    heads, width = HEADS.widths(model)[0], FFN.widths(model)[0]
+    out = {}
+    for h in range(heads + 1):
+        shell = _shell(copy.deepcopy(block))
+        if h < heads:
+            HEADS.resize(shell, [h])
+        out[f"attn{h}"] = _Branch(shell.blocks[0], HEADS.kind).eval()
+    for w in ffn_grid(width, spec.ffn_step):
+        shell = _shell(copy.deepcopy(block))
+        if w < width:
+            FFN.resize(shell, [w])
+        out[f"ffn{w}"] = _Branch(shell.blocks[0], FFN.kind).eval()
+    return out
+
+
+def ffn_grid(width: int, step: int) -> list[int]:
+    return sorted({0, width, *range(step, width, step)})
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...]) -> dict:
+    """Everything a latency table depends on."""
+    import onnxruntime
+
+    a = model.blocks[0].attn
+    widths_ok = len(set(FFN.widths(model))) == 1 and len(set(HEADS.widths(model))) == 1
+    if not widths_ok or any(is_empty(b.mlp) or is_empty(b.attn) for b in model.blocks):
+        raise ConfigError("a latency table is measured on the dense model (identical blocks); this one is pruned")
+    return {"version": 1, "architecture": type(model).__name__, "input_size": list(input_size),
+            "depth": len(model.blocks), "dim": a.qkv.in_features, "heads": a.num_heads, "head_dim": a.head_dim,
+            "mlp": FFN.widths(model)[0], "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
+            "classes": int(model.num_classes), **asdict(spec), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNE_CACHE_DIR", Path.home() / ".cache" / "prune")) / "latency"
+
+
+def _runners(modules: dict[str, nn.Module], example: torch.Tensor, spec: LatencySpec, tmp: Path) -> dict:
+    """`{name: run(x)}` on the recipe's runtime."""
+    from .bench import ort_runner, torch_runner
+
+    if spec.runtime == "pytorch":
+        device = torch.device("cuda" if spec.provider == "cuda" else "cpu")
+        if spec.provider == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("prune.latency.provider cuda needs a CUDA device; use provider: cpu")
+
+        def on_device(run):
+            def f(x):
+                out = run(x.to(device))
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return out
+            return f
+        return {n: on_device(torch_runner(m.to(device))) for n, m in modules.items()}
+    from .export import export_onnx
+
+    provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[spec.provider]
+    if provider == "CUDAExecutionProvider":
+        from .bench import cuda_provider_available
+
+        if not cuda_provider_available():
+            raise ConfigError("prune.latency.provider cuda needs onnxruntime's CUDA provider; use provider: cpu")
+    out = {}
+    for name, m in modules.items():
+        path = tmp / f"{name}.onnx"
+        export_onnx(m, example, path)
+        out[name] = ort_runner(path, spec.threads, provider)
+    return out
+
+
+def measure_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...], *, repeats: int = 30,
+                  log=print) -> LatencyTable:
+    """Time the dense model and every branch graph (see the module docstring); minutes at most."""
+    from .bench import measure_until_stable
+
+    key = table_key(model, spec, input_size)
+    start = time.perf_counter()
+    model = copy.deepcopy(model).eval()
+    branches = _branches(model, spec)
+    tokens, dim = key["tokens"], key["dim"]
+    threads = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prune-latency-") as tmp:
+            log(f"[latency] measuring {len(branches) + 1} graphs on {spec.runtime} ({spec.provider}, batch "
+                f"{spec.batch_size}, threads {spec.threads or 'default'})")
+            runners = _runners(branches, torch.randn(spec.batch_size, tokens, dim), spec, Path(tmp))
+            res, noise = measure_until_stable(runners, (tokens, dim), (spec.batch_size,), warmup=5, repeats=repeats)
+            whole = _runners({"dense": model}, torch.randn(spec.batch_size, *input_size), spec, Path(tmp))
+            dense_res, _ = measure_until_stable(whole, tuple(input_size), (spec.batch_size,), warmup=5,
+                                                repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
+    ms = {n: r[str(spec.batch_size)]["median_ms"] for n, r in res.items()}
+    grid = ffn_grid(key["mlp"], spec.ffn_step)
+    return LatencyTable(key=key, dense_ms=dense_res["dense"][str(spec.batch_size)]["median_ms"],
+                        attn_ms=[ms[f"attn{h}"] for h in range(key["heads"] + 1)], ffn_widths=grid,
+                        ffn_ms=[ms[f"ffn{w}"] for w in grid], depth=key["depth"],
+                        seconds=time.perf_counter() - start, noise=noise)
+
+
+def latency_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...], *, log=print) -> LatencyTable:
+    """The cached table for this model shape and place, measured (and cached) on first use."""
+    key = table_key(model, spec, input_size)
+    path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                log(f"[latency] reusing the table in {path}")
+                return LatencyTable(**data)
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry is measured again
+    table = measure_table(model, spec, input_size, log=log)
+    from .io import write_json
+
+    try:
+        write_json(path, table.to_json())
+    except OSError as e:  # a read-only home: the table is still used, just not kept
+        log(f"[latency] could not cache the table in {path} ({e.strerror}); it will be measured again next time")
+    return table

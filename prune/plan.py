@@ -1,0 +1,54 @@
+"""The plan of a cut before any surgery: per block, the heads and FFN neurons kept, the MACs, and the
+predicted latency (when a measured table is at hand), with totals and the predicted speed-up. `prune
+plan` prints it, the prune stage records it, and the report shows it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .pruning import count_params_macs, tokens
+from .units import FFN, HEADS, Unit
+
+
+def block_plan(model: nn.Module, units: list[Unit], keep: dict[str, list[int]], example_inputs: torch.Tensor,
+               latency=None) -> dict:
+    """`{"blocks": [...], "macs_dense", "macs_planned", "ms_dense", "ms_planned", "speedup"}` for the dense
+    `model` cut to `keep` (units per block, per kind; kinds not pruned stay dense). MACs per unit are the
+    units' own costs (`Unit.cost`), so the total equals what `count_params_macs` counts after the cut."""
+    _, dense_macs = count_params_macs(model, example_inputs)
+    t = tokens(model)
+    widths = {u.kind: u.widths(model) for u in (FFN, HEADS)}
+    kept = {k: keep.get(k, w) for k, w in widths.items()}
+    costs = {u.kind: u.cost(model, t) for u in (FFN, HEADS)}
+    removed = [sum((widths[k][l] - kept[k][l]) * costs[k][l] for k in widths) for l in range(len(model.blocks))]
+    blocks = []
+    for l in range(len(model.blocks)):
+        row = {"block": l, "heads": kept[HEADS.kind][l], "heads_dense": widths[HEADS.kind][l],
+               "ffn": kept[FFN.kind][l], "ffn_dense": widths[FFN.kind][l],
+               "macs_removed": int(removed[l])}
+        if latency is not None:
+            row["ms"] = latency.attn(kept[HEADS.kind][l]) + latency.ffn(kept[FFN.kind][l])
+            row["ms_dense"] = latency.attn(widths[HEADS.kind][l]) + latency.ffn(widths[FFN.kind][l])
+        blocks.append(row)
+    out = {"blocks": blocks, "macs_dense": int(dense_macs), "macs_planned": int(dense_macs - sum(removed))}
+    if latency is not None:
+        out["ms_dense"] = latency.dense_ms
+        out["ms_planned"] = latency.predict(kept)
+        out["speedup"] = latency.dense_ms / out["ms_planned"]
+    return out
+
+
+def render(plan: dict) -> list[str]:
+    """The plan as text lines (a table per block, then the totals)."""
+    ms = "ms_dense" in plan
+    lines = [f"{'block':>5} {'heads':>9} {'FFN neurons':>13} {'MACs removed':>14}" + (f" {'branch ms':>10}" if ms else "")]
+    for b in plan["blocks"]:
+        lines.append(f"{b['block']:>5} {b['heads']:>4}/{b['heads_dense']:<4} {b['ffn']:>6}/{b['ffn_dense']:<6} "
+                     f"{b['macs_removed']:>14,}" + (f" {b['ms']:>10.3f}" if ms else ""))
+    lines.append(f"MACs: {plan['macs_planned']:,} of {plan['macs_dense']:,} "
+                 f"({plan['macs_planned'] / plan['macs_dense']:.3f}, {plan['macs_dense'] / plan['macs_planned']:.2f}x)")
+    if ms:
+        lines.append(f"predicted latency: {plan['ms_planned']:.3f} ms of {plan['ms_dense']:.3f} ms measured dense "
+                     f"({plan['speedup']:.2f}x)")
+    return lines

@@ -1,0 +1,101 @@
+"""The latency budget (`prune/latency.py`, `budget.allocate_latency`): interpolation and prediction are
+exact on known tables, the allocation meets its target by score per millisecond under caps, tables are
+cached by what they depend on, and a recipe with `prune.latency_ratio` plans with it. Nothing here
+asserts a measured time (speed lives in benchmarks)."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_vit
+
+from prune import latency as lat
+from prune.budget import PruneSettings, allocate_latency
+from prune.cli import main
+from prune.errors import ConfigError
+
+
+def table(depth=3):
+    # heads 0..2: emptied attention 0.1, one head 0.5, two heads 0.6; FFN 0 -> 0.1, 32 -> 0.3, 64 -> 0.5
+    return lat.LatencyTable(key={}, dense_ms=10.0, attn_ms=[0.1, 0.5, 0.6], ffn_widths=[0, 32, 64],
+                            ffn_ms=[0.1, 0.3, 0.5], depth=depth)
+
+
+def test_interpolation_and_prediction_are_linear_and_anchored_at_the_measured_dense_model():
+    t = table()
+    assert t.ffn(16) == pytest.approx(0.2) and t.ffn(48) == pytest.approx(0.4) and t.ffn(0) == 0.1
+    assert t.predict({"ffn": [64] * 3, "heads": [2] * 3}) == pytest.approx(10.0)
+    assert t.predict({"ffn": [32, 64, 0], "heads": [2, 0, 2]}) == pytest.approx(10.0 - 0.2 - 0.4 - 0.5)
+
+
+def test_allocation_meets_the_target_by_score_per_millisecond():
+    t = table()
+    widths = {"ffn": [64] * 3, "heads": [2] * 3}
+    scores = {"ffn": torch.ones(3, 64), "heads": torch.ones(3, 2)}
+    settings = PruneSettings(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
+    kept = allocate_latency(scores, widths, t, 9.5, settings)
+    assert t.predict(kept) <= 9.5 + 1e-9
+    # equal scores: a head saves more ms per unit of score than a neuron (0.1 ms, and 0.4 ms for the last
+    # head, where the branch becomes its bias, against 0.00625 ms per neuron), so heads go and neurons stay
+    assert kept["ffn"] == [64] * 3 and kept["heads"] == [0, 2, 2]
+    scores["ffn"] = torch.full((3, 64), 0.01)  # neurons that matter little: they go instead
+    kept = allocate_latency(scores, widths, t, 9.5, settings)
+    assert kept["heads"] == [2, 2, 2] and sum(kept["ffn"]) < 192 and t.predict(kept) <= 9.5 + 1e-9
+    with pytest.raises(ConfigError, match="latency_ratio .* is unreachable"):
+        allocate_latency(scores, widths, t, 0.1, PruneSettings(scope="global", max_layer_ratio=0.5, latency_ratio=0.99))
+
+
+def test_tables_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path))
+    model = tiny_vit(depth=2)
+    spec = lat.LatencySpec(runtime="pytorch", ffn_step=32, batch_size=2)
+    first = lat.latency_table(model, spec, (3, 16, 16), log=lambda m: None)
+    assert len(first.attn_ms) == 3 and first.ffn_widths == [0, 32, 64] and first.dense_ms > 0
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+    def measured_again(*a, **k):
+        raise RuntimeError("measured again")
+
+    monkeypatch.setattr(lat, "measure_table", measured_again)
+    again = lat.latency_table(model, spec, (3, 16, 16), log=lambda m: None)
+    assert again.to_json() == first.to_json()
+    with pytest.raises(RuntimeError, match="measured again"):  # another batch size is another table
+        lat.latency_table(model, lat.LatencySpec(runtime="pytorch", ffn_step=32, batch_size=1), (3, 16, 16),
+                          log=lambda m: None)
+
+
+def test_a_recipe_with_a_latency_target_plans_and_records_its_prediction(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.3", "prune.max_layer_ratio=1.0",
+            "prune.latency.runtime=pytorch", "prune.latency.ffn_step=128"]
+    out = tmp_path / "run"
+    assert main(["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    pr = json.loads((out / "prune/prune.json").read_text())
+    t = lat.LatencyTable(**json.loads((out / "prune/latency_table.json").read_text()))
+    lp = pr["latency_predicted"]
+    assert lp["pruned_ms"] <= 0.7 * lp["dense_ms"] + 1e-9
+    assert lp["pruned_ms"] == pytest.approx(t.predict({k: u["widths"] for k, u in pr["units"].items()}))
+
+
+def test_latency_and_macs_targets_are_exclusive(tmp_path, capsys):
+    assert main(["--recipe", "quickstart.yaml", "--out", str(tmp_path / "x"), "--set", "prune.latency_ratio=0.5",
+                 "--set", "prune.macs_ratio=0.5"]) == 2
+    assert "give one target" in capsys.readouterr().err
+
+
+def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model_s(tmp_path, capsys):
+    sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.macs_ratio=0.4", "prune.max_layer_ratio=1.0"]
+    out = tmp_path / "run"
+    argv = ["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]
+    assert main(["plan", *argv]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert not (out / "prune").exists()  # no surgery yet
+    assert "reachable" in printed and f"{plan['macs_planned']:,}" in printed and len(plan["blocks"]) == 6
+    assert main(argv) == 0  # the run reuses the plan's scoring and cuts exactly the plan
+    pr = json.loads((out / "prune/prune.json").read_text())
+    assert pr["macs_pruned"] == plan["macs_planned"] and pr["plan"] == plan
+    assert [b["ffn"] for b in plan["blocks"]] == pr["units"]["ffn"]["widths"]
+    assert main(["plan", *argv[:-2], "--set", "prune.macs_ratio=0.9"]) == 2  # unreachable: refused before work
+    assert "unreachable" in capsys.readouterr().err
