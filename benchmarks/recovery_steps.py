@@ -1,0 +1,94 @@
+"""Accuracy at a MACs target with the cheap recovery steps of issue 26, each alone and together, before
+and after the same short recovery fine-tune (logits only, or + per-block features), with the seconds each
+step took, on the shipped CIFAR recipe:
+
+    python benchmarks/recovery_steps.py --model ../shared/models/vit_tiny_cifar10 --data ../shared/data/cifar10 \\
+        --targets 0.6 --variants oneshot,lstsq,iterative,iterative+lstsq --distill logits,features \\
+        --recover-epochs 1 --recover-images 5000 --eval-images 2000 --csv benchmarks/results/recovery_steps_vit_tiny_cifar10.csv
+
+One run directory per (target, variant); stages that do not change are reused, so the fine-tunes of one
+variant share its scoring and cut. A row is appended to the CSV after every configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+from prune.cli import main as prune
+
+VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
+            "lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq"],
+            "iterative": ["prune.mode=iterative", "prune.reconstruct=none"],
+            "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq"]}
+
+
+def run(out: Path, sets: list[str]) -> dict:
+    argv = ["--recipe", "cifar10_vit_tiny_50pct.yaml", "--out", str(out), "--quiet", "--update",
+            *sum([["--set", s] for s in sets], [])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = prune(argv)
+    if code != 0:
+        raise SystemExit(f"prune exited {code} for {sets}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def seconds(out: Path, stage: str) -> float | None:
+    f = out / stage / "stage.json"
+    return round(json.loads(f.read_text())["seconds"], 1) if f.is_file() else None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--targets", default="0.6", help="prune.macs_ratio values")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--distill", default="logits,features", help="recovery distillation: logits and/or features")
+    p.add_argument("--recover-epochs", type=int, default=1, help="0: one-shot only")
+    p.add_argument("--recover-images", type=int, default=5000)
+    p.add_argument("--eval-images", type=int, default=None, help="test images (default: all)")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--runs", default="runs/recovery_steps")
+    args = p.parse_args(argv)
+    base = [f"model.name={args.model}", f"data.source={args.data}", "export.enabled=false", "bench.enabled=false",
+            f"prune.iterations={args.iterations}"] + ([f"data.eval_images={args.eval_images}"] if args.eval_images else [])
+    path = Path(args.csv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["model", "macs_ratio", "variant", "distill", "recover_epochs", "recover_images", "eval_images",
+              "dense_top1", "oneshot_top1", "refitted_top1", "finetuned_top1", "importance_s", "reconstruct_s",
+              "finetune_s"]
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        for t in [float(x) for x in args.targets.split(",")]:
+            for variant in args.variants.split(","):
+                out = Path(args.runs) / f"macs{t}_{variant}"
+                modes = [("none", 0)] + [(d, args.recover_epochs) for d in args.distill.split(",") if args.recover_epochs]
+                for distill, epochs in modes:
+                    sets = [*base, f"prune.macs_ratio={t}", *VARIANTS[variant], f"finetune.epochs={epochs}",
+                            f"finetune.train_images={args.recover_images}",
+                            f"finetune.distill.features={distill == 'features'}"]
+                    s = run(out, sets)
+                    acc = s["accuracy"]
+                    row = {"model": Path(args.model).name, "macs_ratio": t, "variant": variant, "distill": distill,
+                           "recover_epochs": epochs, "recover_images": args.recover_images if epochs else 0,
+                           "eval_images": acc["dense"]["images"], "dense_top1": acc["dense"]["top1"],
+                           "oneshot_top1": acc["pruned"]["top1"], "refitted_top1": acc.get("refitted", {}).get("top1"),
+                           "finetuned_top1": acc.get("finetuned", {}).get("top1"),
+                           "importance_s": seconds(out, "importance"), "reconstruct_s": seconds(out, "reconstruct"),
+                           "finetune_s": seconds(out, "finetune") if epochs else None}
+                    w.writerow(row)
+                    f.flush()
+                    print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
