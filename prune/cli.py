@@ -389,26 +389,15 @@ def _run_recipe(args) -> int:
 def _run_plan(args) -> int:
     from pathlib import Path
 
-    import torch
-    from safetensors.torch import load_file
-
     from .io import write_json
     from .pipeline import Pipeline
-    from .plan import block_plan, render
+    from .plan import render
     from .recipe import load_recipe
-    from .stages import importance
-    from .stages.prune import planned_keep
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or f"runs/{recipe.name}"
     args.writes = out
-    pipeline = Pipeline(recipe, out, update=args.update, progress=not args.quiet)
-    pipeline.run(until=importance.NAME)
-    ctx = pipeline.ctx
-    model, data_cfg, _ = ctx.model()
-    example = torch.zeros(1, *data_cfg.input_size)
-    imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
-    plan = block_plan(model, ctx.units, planned_keep(ctx, imp, model, example), example, ctx.latency_table())
+    plan = Pipeline(recipe, out, update=args.update, progress=not args.quiet).plan()
     from .report import describe_target
 
     target = describe_target({"prune": recipe.prune.model_dump(),

@@ -53,6 +53,22 @@ class Pipeline:
         finally:
             self.close()
 
+    def plan(self) -> dict:
+        """Score the units (the stages up to importance, reused when done) and return the cut's per-block plan
+        (`plan.block_plan`) without any surgery: what `prune plan` prints."""
+        import torch
+        from safetensors.torch import load_file
+
+        from .plan import block_plan
+        from .stages.prune import planned_keep
+
+        self.run(until=importance.NAME)
+        ctx = self.ctx
+        model, data_cfg, _ = ctx.model()
+        example = torch.zeros(1, *data_cfg.input_size)
+        imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
+        return block_plan(model, ctx.units, planned_keep(ctx, imp, model, example), example, ctx.latency_table())
+
     def close(self) -> None:
         """Release the run directory (also done by `run`)."""
         self.run_dir.close()

@@ -1,6 +1,7 @@
-"""Re-fit what is left after a cut: every branch's output layer (`attn.proj`, `mlp.fc2`; an emptied
-branch's constant) re-solved by ridge least squares, block by block from input to output, so that the
-pruned model's residual stream matches the dense model's at every depth.
+"""Re-fit what is left after a cut: every branch's output layer (`Unit.out_layer`: the attention's
+projection, the FFN's second linear layer; an emptied branch's constant) re-solved by ridge least
+squares, block by block from input to output, so that the pruned model's residual stream matches the
+dense model's at every depth.
 
 Block l is fitted on the pruned model's own inputs (the stream after the already re-fitted blocks <
 l), so each block also corrects what earlier cuts left behind: the structured, ViT form of
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models import ViTAdapter
-from .units import HEADS, is_empty
+from .units import FFN, HEADS, is_empty
 
 
 def _scale(ls: nn.Module) -> torch.Tensor | None:
@@ -110,28 +111,28 @@ def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: floa
         dense_out = [dv.post(l, *dv.pre_mlp(l, m)) for m in dense_mid]
         # attention branch: the stream after it should be the dense stream after attention
         gamma = _scale(pb.ls1)
-        dim = pb.attn.bias.shape[0] if is_empty(pb.attn) else pb.attn.proj.out_features
-        feats = 0 if is_empty(pb.attn) else pb.attn.proj.in_features
+        dim = dense.embed_dim  # the residual stream's width
+        feats = 0 if is_empty(pb.attn) else HEADS.out_layer(pruned, l).in_features
         eq = NormalEquations(feats, dim, device)
         for (_, xp), m in zip(streams, dense_mid):
             target = m - xp
             target = target.double() / gamma if gamma is not None else target
-            h = xp.new_zeros(*xp.shape[:-1], 0) if is_empty(pb.attn) else pb.attn.norm(HEADS.split(pv, l, xp)[1])
+            h = xp.new_zeros(*xp.shape[:-1], 0) if is_empty(pb.attn) else HEADS.out_input(pv, l, xp)
             eq.add(h, target)
-        rows.append({"block": l, "branch": "attn", **_fit_layer(eq, None if is_empty(pb.attn) else pb.attn.proj,
+        rows.append({"block": l, "branch": "attn", **_fit_layer(eq, None if is_empty(pb.attn) else HEADS.out_layer(pruned, l),
                                                               pb.attn if is_empty(pb.attn) else None, gamma, ridge,
                                                               reduce)})
         mids = [xp + pb.ls1(pb.attn(pb.norm1(xp))) for _, xp in streams]
         # FFN branch: on the re-fitted attention's output, the block's output should be the dense one
         gamma = _scale(pb.ls2)
-        feats = 0 if is_empty(pb.mlp) else pb.mlp.fc2.in_features
+        feats = 0 if is_empty(pb.mlp) else FFN.out_layer(pruned, l).in_features
         eq = NormalEquations(feats, dim, device)
         for mp, out in zip(mids, dense_out):
             target = out - mp
             target = target.double() / gamma if gamma is not None else target
-            h = mp.new_zeros(*mp.shape[:-1], 0) if is_empty(pb.mlp) else pb.mlp.norm(pv.pre_mlp(l, mp)[1])
+            h = mp.new_zeros(*mp.shape[:-1], 0) if is_empty(pb.mlp) else FFN.out_input(pv, l, mp)
             eq.add(h, target)
-        rows.append({"block": l, "branch": "ffn", **_fit_layer(eq, None if is_empty(pb.mlp) else pb.mlp.fc2,
+        rows.append({"block": l, "branch": "ffn", **_fit_layer(eq, None if is_empty(pb.mlp) else FFN.out_layer(pruned, l),
                                                              pb.mlp if is_empty(pb.mlp) else None, gamma, ridge,
                                                              reduce)})
         streams = [(out, pv.post(l, *pv.pre_mlp(l, mp))) for out, mp in zip(dense_out, mids)]

@@ -83,6 +83,14 @@ class Unit:
         """Finish block from `split`'s `rest` and (possibly gated) units `h`."""
         raise NotImplementedError
 
+    def out_layer(self, model: nn.Module, block: int) -> nn.Linear:
+        """The layer that reads block's units (their outputs are its input columns): what a re-fit solves."""
+        raise NotImplementedError
+
+    def out_input(self, vit, block: int, x: torch.Tensor) -> torch.Tensor:
+        """`out_layer`'s input `[B, T, width * channels]` when the branch of these units reads the stream `x`."""
+        raise NotImplementedError
+
     def parameters(self, model: nn.Module, block: int) -> list[nn.Parameter]:
         """The parameters that removing block's units shrinks (what a weight-gradient criterion needs)."""
         raise NotImplementedError

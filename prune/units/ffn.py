@@ -33,6 +33,12 @@ class FFNNeurons(Unit):
     def join(self, vit, block, rest, h):
         return vit.post(block, rest, h)
 
+    def out_layer(self, model, block):
+        return model.blocks[block].mlp.fc2
+
+    def out_input(self, vit, block, x):
+        return vit.blocks[block].mlp.norm(vit.pre_mlp(block, x)[1])
+
     def parameters(self, model, block):
         return list(model.blocks[block].mlp.parameters())
 

@@ -70,6 +70,12 @@ class AttentionHeads(Unit):
         x = rest + b.drop_path1(b.ls1(b.attn.proj_drop(b.attn.proj(h))))
         return vit.post(block, *vit.pre_mlp(block, x))
 
+    def out_layer(self, model, block):
+        return _attn(model, block).proj
+
+    def out_input(self, vit, block, x):
+        return _attn(vit.model, block).norm(self.split(vit, block, x)[1])
+
     def parameters(self, model, block):
         a = _attn(model, block)
         return list(a.qkv.parameters()) + list(a.proj.parameters())
