@@ -48,8 +48,9 @@ def cuda_provider_available() -> bool:
 
 def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_sizes=(1, 32), warmup: int = 3,
             repeats: int = 20, seed: int = 0) -> dict:
-    """`{runner: {batch: {median_ms, p90_ms, images_per_s}}}`: every round runs each contender once,
-    starting from a different one each round, so order effects and noise hit all alike."""
+    """`{runner: {batch: {median_ms, p90_ms, p99_ms, mean_ms, images_per_s, repeats}}}` over `repeats` timed
+    runs (`images_per_s` from the median): every round runs each contender once, starting from a different
+    one each round, so order effects and noise hit all alike."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict] = {name: {} for name in runners}
     for b in batch_sizes:
@@ -68,6 +69,7 @@ def measure(runners: dict[str, Callable], input_shape: tuple[int, ...], batch_si
         for name, ts in times.items():
             med = statistics.median(ts)
             out[name][str(b)] = {"median_ms": med * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3,
+                                 "p99_ms": float(np.percentile(ts, 99)) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3,
                                  "images_per_s": b / med, "repeats": repeats}
     return out
 
@@ -148,6 +150,74 @@ def measure_until_stable(runners: dict[str, Callable], input_shape, batch_sizes=
 def threads_info() -> dict:
     return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def machine_info() -> dict:
+    """What a latency depends on besides the model and runtime settings: library versions and the CPU."""
+    import platform
+
+    import timm
+
+    try:
+        import onnxruntime
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = None
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.lower().startswith("model name")), None)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "onnxruntime": ort, "timm": timm.__version__,
+            "cpu": cpu or platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+
+# timm's benchmark.py names (`model`, `infer_*`, `param_count` in millions, `infer_gmacs`), then prune's own
+ROW_COLUMNS = ("model", "runtime", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",
+               "param_count", "infer_gmacs", "p50_ms", "p90_ms", "p99_ms", "repeats", "noisy",
+               "torch", "onnxruntime", "timm", "cpu", "cpu_count", "threads", "device")
+
+
+def result_rows(result: dict, contenders: dict[str, tuple[str, str]], input_shape, counts: dict[str, dict],
+                noise: dict, machine: dict, runtimes: dict[str, dict] | None = None) -> list[dict]:
+    """A `measure` result as one flat row per contender and batch size (`ROW_COLUMNS`), with timm's
+    benchmark.py column names where they mean the same: `infer_step_time` is the mean time of one timed run
+    in ms and `infer_samples_per_sec` the batch over it (timm's definitions: the mean, not the median),
+    `param_count` millions of parameters, `infer_gmacs` billions of multiply-accumulates per image
+    (prune's counter, `count_params_macs`); `p50_ms` (the median), `p90_ms` and `p99_ms` are percentiles of
+    the same runs (with 20 runs p99 is close to the slowest). `contenders`: runner name -> (model, runtime);
+    `counts`: model -> {params, macs} where known (not for an ONNX file given on its own); `machine`:
+    `machine_info()`; `runtimes`: runtime -> its `threads` (intra-op threads; None: the runtime's own
+    default, an empty cell) and `device`."""
+    rows = []
+    for name, per in result.items():
+        model, runtime = contenders.get(name, (name, ""))
+        c = counts.get(model) or {}
+        for b, r in per.items():
+            rows.append({
+                "model": model, "runtime": runtime,
+                "infer_samples_per_sec": round(int(b) * 1e3 / r["mean_ms"], 2), "infer_step_time": round(r["mean_ms"], 3),
+                "infer_batch_size": int(b), "infer_img_size": int(input_shape[-1]),
+                "param_count": round(c["params"] / 1e6, 4) if "params" in c else None,
+                "infer_gmacs": round(c["macs"] / 1e9, 6) if "macs" in c else None,
+                "p50_ms": round(r["median_ms"], 3), "p90_ms": round(r["p90_ms"], 3), "p99_ms": round(r["p99_ms"], 3),
+                "repeats": r["repeats"], "noisy": bool(noise.get("noisy")), **machine,
+                **(runtimes or {}).get(runtime, {})})
+    return [{k: row.get(k) for k in ROW_COLUMNS} for row in rows]
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """`rows` as CSV (header `ROW_COLUMNS`; an unknown value is an empty cell), written atomically."""
+    import csv
+
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(ROW_COLUMNS))
+            w.writeheader()
+            w.writerows(rows)
 
 
 def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]:

@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n"
                               "  prune bench runs/quickstart --onnx                 # dense vs pruned, PyTorch and onnxruntime\n"
                               "  prune bench runs/quickstart/export/pruned.onnx     # an ONNX file\n"
-                              "  prune bench vit_base_patch16_224 --batch-sizes 1,8 # a timm model (random weights)",
+                              "  prune bench vit_base_patch16_224 --batch-sizes 1,8 # a timm model (random weights)\n"
+                              "  prune bench runs/quickstart --onnx --csv bench.csv # rows with timm's column names",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("target", help="run dir, pruned-model dir, model spec or .onnx file")
     b.add_argument("--onnx", action="store_true", help="also run onnxruntime (exports a torch model to a temp file)")
@@ -276,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch / onnxruntime intra-op threads (default: torch's own choice)")
     b.add_argument("--until-stable", action="store_true",
                    help="repeat the measurement (up to 5 rounds) until no median moves more than 3%%")
-    b.add_argument("--json", default=None, help="also write the measurements to this file")
+    b.add_argument("--json", default=None,
+                   help="also write the measurements to this file (with `rows`: the --csv rows)")
+    b.add_argument("--csv", default=None,
+                   help="also write one row per model, runtime and batch size to this CSV file, with timm's "
+                        "benchmark.py column names (model, infer_samples_per_sec, infer_step_time, ...) "
+                        "and p50_ms, p90_ms, p99_ms, library versions, CPU and threads")
     return parser
 
 
@@ -284,7 +290,8 @@ def _run_bench(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from .bench import load_any, measure_until_stable, ort_runner, threads_info, torch_runner
+    from .bench import (load_any, machine_info, measure_until_stable, ort_runner, result_rows, threads_info,
+                        torch_runner, write_csv)
     from .export import export_onnx
     from .io import write_json
     from .pruning import count_params_macs
@@ -296,7 +303,7 @@ def _run_bench(args) -> int:
         raise _usage(f"--batch-sizes must be positive integers separated by commas, not {args.batch_sizes!r} "
                      "(the same rule as recipe key bench.batch_sizes)") from None
     _check_options(args, "bench", "warmup", "repeats", "threads")
-    args.writes = args.json
+    args.writes = args.csv or args.json
     if args.threads:
         torch_threads(args.threads)
     root = Path(args.target)
@@ -313,21 +320,24 @@ def _run_bench(args) -> int:
     shapes = {t[2] for t in targets.values()}
     if len(shapes) > 1:
         raise _usage(f"the models take different inputs {sorted(shapes)}; benchmark them one at a time")
-    runners, shape, info = {}, None, {}
+    runners, shape, info, contenders = {}, None, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kind, obj, in_shape) in targets.items():
             shape = in_shape
             example = torch_example(in_shape)
             if kind == "torch":
                 runners[f"{name} pytorch"] = torch_runner(obj)
+                contenders[f"{name} pytorch"] = (name, "pytorch")
                 params, macs = count_params_macs(obj, example)
                 info[name] = {"params": params, "macs": macs}
                 if args.onnx:
                     path = Path(tmp) / f"{name}.onnx"
                     export_onnx(obj, example, path)
                     runners[f"{name} onnxruntime"] = ort_runner(path, args.threads)
+                    contenders[f"{name} onnxruntime"] = (name, "onnxruntime")
             else:
                 runners[f"{name} onnxruntime"] = ort_runner(obj, args.threads)
+                contenders[f"{name} onnxruntime"] = (name, "onnxruntime")
         result, noise = measure_until_stable(runners, shape, sizes, args.warmup, args.repeats,
                                              max_rounds=5 if args.until_stable else 1)
     print(f"input {tuple(shape)}, threads {args.threads or threads_info()['torch_threads']}, "
@@ -342,8 +352,14 @@ def _run_bench(args) -> int:
     if noise["noisy"]:
         print(f"  warning: noisy measurement: {'; '.join(noise['reasons'])}; figures marked ~ are rough "
               "(stop other work on the machine, or use --until-stable)")
-    if args.json:
-        write_json(args.json, {"latency": result, "noise": noise, "models": info, **threads_info()})
+    if args.json or args.csv:
+        runtimes = {"pytorch": {"threads": threads_info()["torch_threads"], "device": "cpu"},  # runners run on the CPU
+                    "onnxruntime": {"threads": args.threads, "device": "cpu"}}
+        rows = result_rows(result, contenders, shape, info, noise, machine_info(), runtimes)
+        if args.csv:
+            write_csv(args.csv, rows)
+        if args.json:
+            write_json(args.json, {"rows": rows, "latency": result, "noise": noise, "models": info, **threads_info()})
     return 0
 
 

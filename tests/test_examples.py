@@ -37,6 +37,7 @@ EXAMPLES = {
     "prune bench runs/quickstart --onnx": "run",
     "prune bench runs/quickstart/prune": "run",
     "prune bench runs/quickstart/export/pruned.onnx": "run",
+    "prune bench runs/quickstart --onnx --csv bench.csv": "run",
     # ViT-B/16 at 224 px on 2 cores: one timed run at batch 1 instead of 20 at batch 1 and 8
     "prune bench vit_base_patch16_224 --batch-sizes 1,8": "run: bench vit_base_patch16_224 --batch-sizes 1 --repeats 1 --warmup 0",
     "accelerate launch --multi_gpu --num_processes 8 -m prune.cli --recipe vit_b16_50pct.yaml":
