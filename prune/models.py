@@ -1,8 +1,9 @@
 """Build or load a timm ViT, and the adapter that exposes its FFN neurons block by block.
 
 A model spec is either a timm model name (`vit_base_patch16_224.augreg2_in21k_ft_in1k`), or a local
-directory holding `config.json` (`architecture`, `model_kwargs`, optional `mean`/`std`) and
-`model.safetensors`, or the name of a model shipped with the package (`digits-vit`).
+directory holding `config.json` (`architecture`, `model_kwargs`, optional `mean`/`std`; or timm's format,
+`model_args` and `pretrained_cfg`, as a pruned-model directory has) and `model.safetensors`, or the name
+of a model shipped with the package (`digits-vit`).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
                               "it must hold architecture, model_kwargs and optionally mean/std") from None
         if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
             raise ConfigError(f"{cfg_file} has no 'architecture' key naming the timm model")
+        cfg = _prune_format(cfg)
         if not isinstance(cfg.get("model_kwargs", {}), dict):
             raise ConfigError(f"{cfg_file}: model_kwargs must be a mapping of timm.create_model arguments")
+        if cfg["architecture"] == "prune_vit":
+            from . import timm_model  # noqa: F401  (registers prune_vit, a pruned model's architecture)
         kwargs = {**cfg.get("model_kwargs", {}), **overrides}
         model = _create(timm, cfg["architecture"], pretrained=False, **kwargs)
         if _present(weights):  # a link to a device or a pipe is refused by the reader, not taken as absent
@@ -108,6 +112,17 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         crop_pct=float(cfg.get("crop_pct", 1.0 if local is not None else timm_cfg.get("crop_pct", 1.0))),
     )
     return model, data_cfg, mspec
+
+
+def _prune_format(cfg: dict) -> dict:
+    """A `config.json` in timm's format (`model_args`, preprocessing in `pretrained_cfg`: what timm's
+    `save_for_hf` and prune's pruned-model directories write) as prune's (`model_kwargs`, `mean`, `std`,
+    `interpolation`, `crop_pct` at the top); prune's own format unchanged."""
+    if "model_kwargs" in cfg or "model_args" not in cfg:
+        return cfg
+    pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
+    out = {k: pcfg[k] for k in ("mean", "std", "interpolation", "crop_pct") if pcfg.get(k) is not None}
+    return {**out, **cfg, "model_kwargs": cfg["model_args"]}
 
 
 def _present(path: Path) -> bool:

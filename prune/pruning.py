@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .budget import PruneSettings, allocate_latency, allocate_macs, kept_counts, kept_indices
+from .card import ModelCard, base_model_facts
+from .card import write as write_card
 from .criteria import dependency_graph
 from .errors import ConfigError
 from .io import atomic_path, load_safetensors, read_text, write_json
@@ -141,11 +143,17 @@ def count_params_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 # ------------------------------------------------------------------------------------ save / load
 def save_pruned(model: nn.Module, out_dir: str | Path, spec: ModelSpec, kept: dict[str, list[list[int]]],
                 dense_widths: dict[str, list[int]], data_config: dict | None = None,
-                classes: list[int] | None = None) -> None:
+                classes: list[int] | None = None, *, label_names: list[str] | None = None,
+                card: ModelCard | None = None) -> None:
     """`model.safetensors` + `structure.json` (base architecture, kwargs, per unit kind the dense widths, the
     widths and kept unit indices of every block (width 0: the branch is its bias), and for a
-    class-specialised model `classes`: the original class id of each output)."""
+    class-specialised model `classes`: the original class id of each output) + `config.json` (timm's
+    `local-dir:` format for prune's architecture `prune_vit`, with the preprocessing and `label_names`, the
+    name of each output) + `README.md` (the model card: `card`, what the caller knows, and the counts)."""
     from safetensors.torch import save_file
+
+    from . import __version__
+    from .timm_model import model_args, timm_config
 
     unknown = sorted(set(kept) - set(UNITS))
     if unknown:
@@ -161,12 +169,49 @@ def save_pruned(model: nn.Module, out_dir: str | Path, spec: ModelSpec, kept: di
         structure["classes"] = list(classes)
     ffn = units.get(FFN.kind, {}).get("widths")
     heads_untouched = all(u["widths"] == u["dense_widths"] for k, u in units.items() if k != FFN.kind)
-    if ffn and heads_untouched and len(set(ffn)) == 1 and ffn[0] and int(embed_dim * (ffn[0] / embed_dim)) == ffn[0]:
+    plain = spec.architecture != "prune_vit"  # a pruned model pruned again: its base is no plain timm model
+    if plain and ffn and heads_untouched and len(set(ffn)) == 1 and ffn[0] and int(embed_dim * (ffn[0] / embed_dim)) == ffn[0]:
         structure["timm_mlp_ratio"] = ffn[0] / embed_dim  # uniform FFN, nothing else pruned: plain timm rebuilds it
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     write_json(out / "structure.json", structure)
+    num_classes = int(getattr(model, "num_classes", 0))
+    if label_names is not None and len(label_names) != num_classes:
+        label_names = None  # names that do not match the outputs name nothing
+    extra = {"prune": {"version": __version__, "structure": "structure.json",
+                       **({"classes": list(classes)} if classes is not None else {})}}
+    args = model_args(spec.architecture, spec.model_kwargs, {k: u["widths"] for k, u in units.items()})
+    preprocessing = {**_timm_data_config(model), **(data_config or {})}
+    config = timm_config(args, preprocessing, num_classes, int(getattr(model, "num_features", embed_dim)),
+                         label_names, base_model_facts(card.base_model)[1] if card else None, extra)
+    write_json(out / "config.json", config)
+    write_model_card(out, model, card)
+
+
+def _timm_data_config(model: nn.Module) -> dict:
+    """timm's preprocessing for `model` at the input size it was built for (what a data config that was
+    not given, or given in part, lacks)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return {"input_size": [int(cfg["input_size"][0]), *(size or cfg["input_size"][1:])], "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]), "interpolation": cfg.get("interpolation", "bicubic"),
+            "crop_pct": float(cfg.get("crop_pct", 1.0))}
+
+
+def write_model_card(path: str | Path, model: nn.Module, card: ModelCard | None = None) -> None:
+    """(Re)write the model card (`README.md`) of a pruned-model directory from its `structure.json` and
+    `config.json`, the parameters and MACs of `model` (the directory's model) and `card`; stages call it
+    again once they have measured the saved model's accuracy."""
+    path = Path(path)
+    structure = json.loads(read_text(path / "structure.json", "structure file"))
+    config = json.loads(read_text(path / "config.json", "model config"))
+    param = next(model.parameters())
+    example = torch.zeros(1, *config["pretrained_cfg"]["input_size"], dtype=param.dtype, device=param.device)
+    params, macs = count_params_macs(model, example)
+    write_card(path, {**structure, "units": structure_units(structure)}, config, params, macs, card)
 
 
 def structure_units(structure: dict) -> dict[str, dict]:
@@ -185,6 +230,8 @@ def structure_kept(structure: dict) -> tuple[dict[str, list[list[int]]], dict[st
 def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a pruned model from `save_pruned`'s files, without unpickling anything."""
     import timm
+
+    from . import timm_model  # noqa: F401  (a model pruned again is built from a prune_vit)
 
     path = Path(path)
     sfile = path / "structure.json"

@@ -455,7 +455,11 @@ def validate_environment(recipe: Recipe) -> None:
     try:
         # a local directory is loaded as the run will load it (its weights checked); hub weights are not downloaded here
         local = resolve_model_dir(name) is not None
-        model, _, _ = load_model(name, pretrained=recipe.model.pretrained and local, **recipe.model.kwargs)
+        model, _, spec = load_model(name, pretrained=recipe.model.pretrained and local, **recipe.model.kwargs)
+        if spec.architecture == "prune_vit":  # scoring and budgets assume the equal blocks of a dense model
+            raise ConfigError(f"{name} is a model prune already pruned (config.json architecture prune_vit); a "
+                              "recipe starts from a dense model: give the one it was pruned from (its README.md "
+                              "names it as base_model)")
         _check_classes(recipe, model.num_classes)
         vit = ViTAdapter(model)
         vit.check_scope(recipe.paths.scope)

@@ -17,6 +17,7 @@ from ..criteria import Criterion, scorers
 from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..errors import DataError
 from ..artifacts import shipped
+from ..card import ModelCard
 from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
 from ..pruning import load_pruned
@@ -130,6 +131,31 @@ class RunContext:
         ds, _, lab = self.split(self.r.data.train_split)
         names = class_names(ds, lab)
         return names if names is not None and len(names) == self.dense_num_classes else None
+
+    def label_names(self) -> list[str] | None:
+        """The name of every output of a pruned model: the dense model's class names, restricted to
+        `prune.classes` when set (None when the dataset has none)."""
+        names, classes = self.class_names(), self.classes()
+        return names if names is None or classes is None else [names[c] for c in classes]
+
+    def model_card(self, stage: str, **accuracy: dict | None) -> ModelCard:
+        """What the card of a model directory `stage` writes says beyond the model: the base model as the
+        recipe names it, the recipe, and the accuracies measured so far (None: not measured)."""
+        r = self.r
+        acc = {k: {m: v[m] for m in ("top1", "top5", "images") if m in v} for k, v in accuracy.items() if v}
+        return ModelCard(base_model=r.model.name, stage=stage, recipe=r.model_dump(mode="json"), accuracy=acc,
+                         eval_split=r.data.eval_split,
+                         not_measured="Not measured when this directory was written: the run's evaluate stage "
+                                      "measures this model next (`evaluate/metrics.json`, `report/report.md`).")
+
+    def stage_metrics(self, stage: str) -> dict:
+        """A finished stage's `metrics.json` ({} when it has none): what later model cards quote. The stages
+        that quote them read inputs that include theirs (model, data, evaluation images), so the quoted
+        figures change only when the quoting stage reruns too."""
+        import json
+
+        f = self.run_dir.path(stage) / "metrics.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
 
     @property
     def dense_num_classes(self) -> int:

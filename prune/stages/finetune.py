@@ -16,7 +16,7 @@ from ..artifacts import input_stage
 from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
 from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept
+from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
 
 NAME = "finetune"
 DISTRIBUTED = True
@@ -52,7 +52,11 @@ def build(ctx, out: Path) -> dict:
     spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
     if dist.is_main():
         kept, dense_widths = structure_kept(structure)
-        save_pruned(model, out, spec, kept, dense_widths, structure["data_config"], structure.get("classes"))
+        refitted = ctx.stage_metrics("reconstruct").get("refitted") if input_stage(r, NAME) == "reconstruct" else None
+        card = ctx.model_card(NAME, dense=ctx.stage_metrics("baseline").get("dense"),
+                              pruned=ctx.stage_metrics("evaluate").get("pruned"), refitted=refitted)
+        save_pruned(model, out, spec, kept, dense_widths, structure["data_config"], structure.get("classes"),
+                    label_names=ctx.label_names(), card=card)
     dist.barrier()
     saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
     acc = ctx.accuracy(saved, data_cfg, "finetuned")
@@ -66,5 +70,6 @@ def build(ctx, out: Path) -> dict:
     if dist.is_main():
         write_json(out / "history.json", history)
         write_json(out / "metrics.json", info)
+        write_model_card(out, saved, card.with_accuracy(finetuned=acc))
         shutil.rmtree(ckpt, ignore_errors=True)
     return info

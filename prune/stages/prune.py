@@ -48,7 +48,8 @@ def build(ctx, out: Path) -> dict:
         dense_widths[k] = unit.widths(model)
         kept[k] = prune_units(model, unit, tables[k], settings, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k])
     params1, macs1 = count_params_macs(model, example)
-    save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes())
+    save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes(), label_names=ctx.label_names(),
+                card=ctx.model_card(NAME))
     units = {k: {"dense_widths": dense_widths[k], "widths": [len(i) for i in kept[k]],
                  "removed": 1 - sum(len(i) for i in kept[k]) / sum(dense_widths[k])} for k in kept}
     ffn = units.get(FFN.kind) or {"dense_widths": FFN.widths(model), "widths": FFN.widths(model), "removed": 0.0}

@@ -12,7 +12,7 @@ import torch
 from .. import dist
 from ..io import write_json
 from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept
+from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
 from ..reconstruct import refit
 from . import prune
 from .context import device
@@ -42,8 +42,10 @@ def build(ctx, out: Path) -> dict:
     model = model.cpu().eval()
     if dist.is_main():
         kept, dense_widths = structure_kept(structure)
+        card = ctx.model_card(NAME, dense=ctx.stage_metrics("baseline").get("dense"),
+                              pruned=ctx.stage_metrics("evaluate").get("pruned"))
         save_pruned(model, out, ModelSpec(structure["architecture"], structure["model_kwargs"]), kept, dense_widths,
-                    structure["data_config"], structure.get("classes"))
+                    structure["data_config"], structure.get("classes"), label_names=ctx.label_names(), card=card)
     dist.barrier()
     saved, _ = load_pruned(out)
     info = {"refitted": ctx.accuracy(saved, data_cfg, "refitted"), "method": p.reconstruct,
@@ -52,4 +54,5 @@ def build(ctx, out: Path) -> dict:
     ctx.log(f"[reconstruct] re-fitted {sum(not b['kept_old'] for b in rows)} of {len(rows)} branches in {seconds:.1f}s")
     if dist.is_main():
         write_json(out / "metrics.json", info)
+        write_model_card(out, saved, card.with_accuracy(refitted=info["refitted"]))
     return {k: v for k, v in info.items() if k != "branches"}

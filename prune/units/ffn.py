@@ -57,7 +57,8 @@ class FFNNeurons(Unit):
     def resize(self, model, widths):
         for l, (block, width) in enumerate(zip(model.blocks, widths)):
             if width == 0:
-                self.empty(model, l)
+                if not is_empty(block.mlp):  # a model built from a pruned one may have it empty already
+                    self.empty(model, l)
                 continue
             fc1, fc2 = block.mlp.fc1, block.mlp.fc2
             block.mlp.fc1 = nn.Linear(fc1.in_features, width, bias=fc1.bias is not None)

@@ -113,7 +113,8 @@ class AttentionHeads(Unit):
     def resize(self, model, widths):
         for l, (b, heads) in enumerate(zip(model.blocks, widths)):
             if heads == 0:
-                self.empty(model, l)
+                if not is_empty(b.attn):  # a model built from a pruned one may have it empty already
+                    self.empty(model, l)
                 continue
             a = _attn(model, l)
             qkv, proj = a.qkv, a.proj
