@@ -63,11 +63,23 @@ def test_tables_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
                           log=lambda m: None)
 
 
+def synthetic_table(model, spec, input_size, **kw):
+    """A table with the shape `measure_table` gives, from MACs instead of a clock: the recipe mechanics are
+    tested without depending on how busy the machine is (measuring is tested above)."""
+    key = lat.table_key(model, spec, input_size)
+    grid = lat.ffn_grid(key["mlp"], spec.ffn_step)
+    attn = [0.0 if h == 0 else 0.01 + 0.02 * h for h in range(key["heads"] + 1)]
+    ffn = [0.0 if w == 0 else 0.01 + 0.001 * w for w in grid]
+    return lat.LatencyTable(key=key, dense_ms=key["depth"] * (attn[-1] + ffn[-1]) + 0.05, attn_ms=attn,
+                            ffn_widths=grid, ffn_ms=ffn, depth=key["depth"])
+
+
 def test_a_recipe_with_a_latency_target_plans_and_records_its_prediction(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lat, "measure_table", synthetic_table)
     sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
             "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.3", "prune.max_layer_ratio=1.0",
-            "prune.latency.runtime=pytorch", "prune.latency.ffn_step=128"]
+            "prune.latency.ffn_step=128"]
     out = tmp_path / "run"
     assert main(["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
     pr = json.loads((out / "prune/prune.json").read_text())
@@ -83,9 +95,11 @@ def test_latency_and_macs_targets_are_exclusive(tmp_path, capsys):
     assert "give one target" in capsys.readouterr().err
 
 
-def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model_s(tmp_path, capsys):
+def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model_s(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lat, "measure_table", synthetic_table)
     sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
-            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.macs_ratio=0.4", "prune.max_layer_ratio=1.0"]
+            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.4", "prune.max_layer_ratio=1.0"]
     out = tmp_path / "run"
     argv = ["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]
     assert main(["plan", *argv]) == 0
@@ -93,9 +107,10 @@ def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model
     plan = json.loads((out / "plan.json").read_text())
     assert not (out / "prune").exists()  # no surgery yet
     assert "reachable" in printed and f"{plan['macs_planned']:,}" in printed and len(plan["blocks"]) == 6
+    assert plan["ms_planned"] <= 0.6 * plan["ms_dense"] + 1e-9 and "predicted latency" in printed
     assert main(argv) == 0  # the run reuses the plan's scoring and cuts exactly the plan
     pr = json.loads((out / "prune/prune.json").read_text())
     assert pr["macs_pruned"] == plan["macs_planned"] and pr["plan"] == plan
     assert [b["ffn"] for b in plan["blocks"]] == pr["units"]["ffn"]["widths"]
-    assert main(["plan", *argv[:-2], "--set", "prune.macs_ratio=0.9"]) == 2  # unreachable: refused before work
+    assert main(["plan", *argv[:-4], "--set", "prune.latency_ratio=0.9"]) == 2  # unreachable: refused before work
     assert "unreachable" in capsys.readouterr().err
