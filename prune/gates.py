@@ -146,6 +146,8 @@ def first_order_all(model: nn.Module, units: list[Unit], images: torch.Tensor, t
         for l, w in enumerate(unit.widths(model)):
             g = torch.ones(n, w, device=images.device, requires_grad=True)
             gates[unit.kind].append(g)
+            if w == 0:  # an emptied branch (cut by an earlier step): nothing to gate
+                continue
             factor = lambda g=g, u=unit, l=l: u.expand(model, l, g)[:, None, :]  # noqa: E731
             handles.append(unit.gate(model, l).register_forward_hook(
                 lambda mod, inp, out, f=factor: out * f().to(out.dtype)))
@@ -153,7 +155,8 @@ def first_order_all(model: nn.Module, units: list[Unit], images: torch.Tensor, t
         with frozen(model), torch.enable_grad():
             value = objective_value(model(images), targets, objective)
             flat = [g for kind in gates.values() for g in kind]
-            grads = torch.autograd.grad(value.sum(), flat)
+            grads = torch.autograd.grad(value.sum(), flat, allow_unused=True)
+            grads = [torch.zeros_like(g) if d is None else d for g, d in zip(flat, grads)]
     finally:
         for h in handles:
             h.remove()

@@ -72,3 +72,18 @@ def test_iterative_recipe_cuts_what_the_last_step_kept_and_meets_the_target(tmp_
     assert {k: summary["widths"][k]["pruned"] for k in ("ffn", "heads")} == imp["keep"]
     assert summary["macs"]["pruned"] <= 0.5 * summary["macs"]["dense"] + 1
     assert summary["accuracy"]["refitted"]["top1"] > 0.8
+
+
+def test_a_model_with_emptied_branches_can_be_scored_again():
+    """Iterative steps score models that earlier steps cut, emptied branches included."""
+    from prune.criteria import CRITERIA, ImportanceContext
+
+    model = trained_tiny_vit()
+    HEADS.empty(model, 1)
+    FFN.empty(model, 2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
+    ctx = ImportanceContext(model, None, lambda: [(x, y)], None, EXAMPLE)
+    tables = CRITERIA["activation_taylor"].tables(ctx, [FFN, HEADS])
+    assert tables["heads"][1].abs().sum() == 0 and tables["ffn"][2].abs().sum() == 0
+    assert tables["heads"][0].abs().sum() > 0 and tables["ffn"][3].abs().sum() > 0
