@@ -53,7 +53,8 @@ def main(argv=None) -> None:
             out = Path(args.runs) / f"{budget}{t}"
             start = time.perf_counter()
             argv = ["--recipe", "cifar10_vit_tiny_50pct.yaml", "--out", str(out), "--quiet", "--update",
-                    *sum([["--set", s] for s in [*base, f"prune.{budget}_ratio={t}"]], [])]
+                    *sum([["--set", s] for s in [*base, f"prune.{budget}_ratio={t}",
+                                                   f"prune.{'macs' if budget == 'latency' else 'latency'}_ratio=null"]], [])]
             with contextlib.redirect_stdout(io.StringIO()):
                 if prune(argv) != 0:
                     raise SystemExit(f"prune failed for {budget} {t}")

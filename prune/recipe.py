@@ -255,7 +255,7 @@ class Recipe(_Section):
                              "global pruning could not reach the ratio; raise max_layer_ratio")
         if p.macs_ratio is not None and p.latency_ratio is not None:
             raise ValueError("give one target: prune.macs_ratio (a share of MACs) or prune.latency_ratio (a share "
-                             "of measured latency), not both")
+                             "of measured latency), not both; set the other to null (--set prune.macs_ratio=null)")
         if p.latency_ratio is not None and p.scope != "global":
             raise ValueError("prune.latency_ratio ranks units across blocks and kinds by score per millisecond: it "
                              "needs prune.scope: global")
