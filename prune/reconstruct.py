@@ -93,6 +93,21 @@ def _fit_layer(eq: NormalEquations, layer: nn.Linear | None, const: nn.Module | 
     return {"error_before": before, "error_after": min(before, after), "kept_old": after >= before}
 
 
+def _fit_branch(unit, vit: ViTAdapter, l: int, branch: nn.Module, ls: nn.Module, inputs: list[torch.Tensor],
+                targets: list[torch.Tensor], ridge: float, reduce) -> dict:
+    """Re-fit block l's branch of `unit`s so that each stream in `inputs` plus the branch's output (after its
+    LayerScale `ls`) matches the dense stream in `targets`: the output layer, or an emptied branch's constant."""
+    empty, gamma = is_empty(branch), _scale(ls)
+    layer = None if empty else unit.out_layer(vit.model, l)
+    eq = NormalEquations(0 if empty else layer.in_features, vit.model.embed_dim,
+                         next(vit.model.parameters()).device)
+    for x, want in zip(inputs, targets):
+        target = want - x
+        target = target.double() / gamma if gamma is not None else target
+        eq.add(x.new_zeros(*x.shape[:-1], 0) if empty else unit.out_input(vit, l, x), target)
+    return _fit_layer(eq, layer, branch if empty else None, gamma, ridge, reduce)
+
+
 @torch.no_grad()
 def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: float = 1e-3,
           reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, progress: bool = False) -> list[dict]:
@@ -103,37 +118,17 @@ def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: floa
     pv, dv = ViTAdapter(pruned), ViTAdapter(dense)
     images = [b[0] for b in batches if len(b[0])]
     streams = [(dv.embed(x), pv.embed(x)) for x in images]  # (dense, pruned) residual streams, per batch
-    device = next(pruned.parameters()).device
     rows = []
     for l in tqdm(range(pv.depth), desc="reconstruct", unit="block", disable=not progress):
         pb, db = pv.blocks[l], dv.blocks[l]
         dense_mid = [xd + db.ls1(db.attn(db.norm1(xd))) for xd, _ in streams]
         dense_out = [dv.post(l, *dv.pre_mlp(l, m)) for m in dense_mid]
         # attention branch: the stream after it should be the dense stream after attention
-        gamma = _scale(pb.ls1)
-        dim = dense.embed_dim  # the residual stream's width
-        feats = 0 if is_empty(pb.attn) else HEADS.out_layer(pruned, l).in_features
-        eq = NormalEquations(feats, dim, device)
-        for (_, xp), m in zip(streams, dense_mid):
-            target = m - xp
-            target = target.double() / gamma if gamma is not None else target
-            h = xp.new_zeros(*xp.shape[:-1], 0) if is_empty(pb.attn) else HEADS.out_input(pv, l, xp)
-            eq.add(h, target)
-        rows.append({"block": l, "branch": "attn", **_fit_layer(eq, None if is_empty(pb.attn) else HEADS.out_layer(pruned, l),
-                                                              pb.attn if is_empty(pb.attn) else None, gamma, ridge,
-                                                              reduce)})
+        rows.append({"block": l, "branch": "attn", **_fit_branch(
+            HEADS, pv, l, pb.attn, pb.ls1, [xp for _, xp in streams], dense_mid, ridge, reduce)})
         mids = [xp + pb.ls1(pb.attn(pb.norm1(xp))) for _, xp in streams]
         # FFN branch: on the re-fitted attention's output, the block's output should be the dense one
-        gamma = _scale(pb.ls2)
-        feats = 0 if is_empty(pb.mlp) else FFN.out_layer(pruned, l).in_features
-        eq = NormalEquations(feats, dim, device)
-        for mp, out in zip(mids, dense_out):
-            target = out - mp
-            target = target.double() / gamma if gamma is not None else target
-            h = mp.new_zeros(*mp.shape[:-1], 0) if is_empty(pb.mlp) else FFN.out_input(pv, l, mp)
-            eq.add(h, target)
-        rows.append({"block": l, "branch": "ffn", **_fit_layer(eq, None if is_empty(pb.mlp) else FFN.out_layer(pruned, l),
-                                                             pb.mlp if is_empty(pb.mlp) else None, gamma, ridge,
-                                                             reduce)})
+        rows.append({"block": l, "branch": "ffn", **_fit_branch(FFN, pv, l, pb.mlp, pb.ls2, mids, dense_out, ridge,
+                                                                reduce)})
         streams = [(out, pv.post(l, *pv.pre_mlp(l, mp))) for out, mp in zip(dense_out, mids)]
     return rows
