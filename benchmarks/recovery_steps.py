@@ -13,28 +13,16 @@ variant share its scoring and cut. A row is appended to the CSV after every conf
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
-from prune.cli import main as prune
+from reconstruct_sweep import run  # the shipped CIFAR recipe with overrides, into one run directory
 
 VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
             "lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq"],
             "iterative": ["prune.mode=iterative", "prune.reconstruct=none"],
             "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq"]}
-
-
-def run(out: Path, sets: list[str]) -> dict:
-    argv = ["--recipe", "cifar10_vit_tiny_50pct.yaml", "--out", str(out), "--quiet", "--update",
-            *sum([["--set", s] for s in sets], [])]
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = prune(argv)
-    if code != 0:
-        raise SystemExit(f"prune exited {code} for {sets}")
-    return json.loads((out / "summary.json").read_text())
 
 
 def seconds(out: Path, stage: str) -> float | None:
