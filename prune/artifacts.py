@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .recipe import TARGETS
 from .run import damage
 
 
@@ -81,6 +82,12 @@ def final_model_dir(run: Path, recipe: dict | None = None) -> Path:
     """The directory of the model a run ships; a ConfigError when the run has not made it yet."""
     run = Path(run)
     recipe = run_recipe(run) if recipe is None else recipe
+    swept = next((k for k, v in ((recipe.get("prune") or {}) if isinstance(recipe, dict) else {}).items()
+                  if k in TARGETS and isinstance(v, list)), None)
+    if swept is not None:
+        names = sorted(p.name for p in (run / "targets").glob("*") if (p / "recipe.yaml").is_file())
+        raise ConfigError(f"run directory {run} is a sweep over prune.{swept}: name one of its targets, "
+                          f"{run}/targets/<target> ({', '.join(names) or 'none finished yet'})")
     stage = final_stage(recipe)
     path = run / stage
     what = {"finetune": "fine-tuned", "reconstruct": "re-fitted"}.get(stage, "pruned")

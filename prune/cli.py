@@ -392,14 +392,46 @@ def _run_recipe(args) -> int:
     summary = Pipeline(recipe, out, update=args.update, progress=not args.quiet).run(force)
     from . import dist
 
+    runs = summary["targets"] if "sweep" in summary else {None: summary}
     if dist.is_main():
-        _print_summary(summary, out)
+        if "sweep" in summary:
+            _print_sweep(summary, out, recipe.prune.swept())
+        else:
+            _print_summary(summary, out)
     from .report import int8_warnings
 
-    if recipe.export.fail_on_int8_drop and int8_warnings(summary):
-        print(f"prune: error: {int8_warnings(summary)[0]} (export.fail_on_int8_drop is set)", file=sys.stderr)
+    warned = [w for s in runs.values() for w in int8_warnings(s)]
+    if recipe.export.fail_on_int8_drop and warned:
+        print(f"prune: error: {warned[0]} (export.fail_on_int8_drop is set)", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_sweep(summary: dict, out: str, swept: str) -> None:
+    """The sweep's points, fastest first, the recommended one, and every target's warnings."""
+    from .report import int8_warnings, noise_warnings
+
+    s = summary["sweep"]
+    for target, m in summary["targets"].items():
+        for w in int8_warnings(m) + noise_warnings(m):
+            print(f"  warning ({target}): {w}")
+    if not s["batch_sizes"]:
+        print(f"\nsweep over prune.{swept}: no latency was measured (bench is off), so no front; {out}/sweep/")
+        return
+    b = s["batch_sizes"][0]
+    print(f"\nsweep over prune.{swept} ({s['engine']}, batch {b}; * on the front):")
+    for p in sorted(s["points"], key=lambda p: p["ms"][b]):
+        print(f"  {'*' if p['front'][b] else ' '} {p['name']:34s} top-1 {p['top1']:.4f} "
+              f"({(p['top1'] - s['dense_top1']) * 100:+.2f})  {p['ms'][b]:8.3f} ms  {p['speedup'][b]:.2f}x")
+    rec = s["recommended"]
+    if rec is None:
+        print(f"  no artifact is within {s['max_drop'] * 100:.1f} points of dense (report.max_drop)")
+    else:
+        p = s["points"][rec]
+        print(f"  recommended (fastest within {s['max_drop'] * 100:.1f} points of dense): {p['name']}, "
+              f"{p['speedup'][b]:.2f}x at batch {b}, {(p['top1'] - s['dense_top1']) * 100:+.2f} points; "
+              f"{p['files']['latency']['path'] if isinstance(p['files']['latency'], dict) else ''}")
+    print(f"sweep report: {out}/sweep/sweep.md (front.png, sweep.json); summary.json lists every point")
 
 
 def _run_plan(args) -> int:
@@ -413,19 +445,23 @@ def _run_plan(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or f"runs/{recipe.name}"
     args.writes = out
-    plan = Pipeline(recipe, out, update=args.update, progress=not args.quiet).plan()
+    plans = Pipeline(recipe, out, update=args.update, progress=not args.quiet).plan()
     from .report import describe_target
 
-    target = describe_target({"prune": recipe.prune.model_dump(),
-                              "macs": {"dense": plan["macs_dense"], "pruned": plan["macs_planned"]},
-                              "latency_predicted": {"dense_ms": plan["ms_dense"], "pruned_ms": plan["ms_planned"]}
-                              if "ms_dense" in plan else None})
-    print(f"\n{recipe.name}: {recipe.importance.kind} importance, {target}: reachable")
-    for line in render(plan):
-        print("  " + line)
-    write_json(Path(out) / "plan.json", plan)
+    for label, plan in plans:
+        target = recipe if label is None else dict(recipe.sweep())[label]
+        what = describe_target({"prune": target.prune.model_dump(),
+                                "macs": {"dense": plan["macs_dense"], "pruned": plan["macs_planned"]},
+                                "latency_predicted": {"dense_ms": plan["ms_dense"], "pruned_ms": plan["ms_planned"]}
+                                if "ms_dense" in plan else None})
+        print(f"\n{recipe.name}{'' if label is None else f' ({label})'}: {recipe.importance.kind} importance, "
+              f"{what}: reachable")
+        for line in render(plan):
+            print("  " + line)
+    result = plans[0][1] if plans[0][0] is None else {label: plan for label, plan in plans}
+    write_json(Path(out) / "plan.json", result)
     if args.json:
-        write_json(args.json, plan)
+        write_json(args.json, result)
     print(f"wrote {out}/plan.json" + (f" and {args.json}" if args.json else ""))
     return 0
 

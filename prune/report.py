@@ -53,6 +53,36 @@ def artifact_rows(m: dict) -> list[dict]:
     return rows
 
 
+def latency_engine(m: dict) -> str | None:
+    """The engine a run's front is drawn on: onnxruntime (which also times the int8 files), else PyTorch."""
+    lat = m.get("latency", {})
+    return next((e for e in ("onnxruntime", "pytorch") if e in lat), None)
+
+
+def summary_points(m: dict, target: str | None = None) -> list[dict]:
+    """Every artifact of a run with a latency on its front's engine, as `front` points: top-1, median ms
+    and speed-up over the dense model per batch size, and the files its figures were measured on."""
+    eng = latency_engine(m)
+    if eng is None:
+        return []
+    lat, where = m["latency"][eng], m.get("measured_on", {})
+    final = run_artifacts(m)[-1].name  # its ONNX file is the one whose latency every pruned artifact shares
+    points = []
+    for row in artifact_rows(m):
+        key = row["latency"].get(eng)
+        if key is None:
+            continue
+        ms = {b: v["median_ms"] for b, v in lat[key].items()}
+        accuracy_file = where.get("accuracy", {}).get(row["name"]) or where.get("onnx", {}).get(row["name"])
+        points.append({"target": target, "artifact": row["name"], "name": row["name"], "top1": row["top1"],
+                       "structure": row["structure"], "ms": ms,
+                       "speedup": {b: lat["dense"][b]["median_ms"] / v for b, v in ms.items()},
+                       "int8": "int8" in row["name"], "dense": row["structure"] == "dense",
+                       "shipped": row["name"] in (final, "dense") or "int8" in row["name"],
+                       "files": {"accuracy": accuracy_file, "latency": where.get("latency", {}).get(eng, {}).get(key)}})
+    return points
+
+
 def int8_warnings(m: dict) -> list[str]:
     """One line per int8 file that loses more top-1 against its fp32 file than the recipe allows."""
     out = []
@@ -155,22 +185,14 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
         plt.close(fig)
         made.append(name)
 
-    lat = m.get("latency", {})
-    eng = "onnxruntime" if "onnxruntime" in lat else ("pytorch" if "pytorch" in lat else None)
-    if eng:
-        b = sorted(lat[eng]["dense"], key=int)[0]
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for row in artifact_rows(m):
-            key = row["latency"].get(eng)
-            if key is None:
-                continue
-            ax.scatter([lat[eng][key][b]["median_ms"]], [row["top1"] * 100], s=60, label=row["name"],
-                       marker="^" if "int8" in row["name"] else "o")
-        ax.set_xlabel(f"{eng} latency, batch {b} (ms, median)")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title("accuracy vs latency")
-        ax.legend()
-        save(fig, "accuracy_vs_latency.png")
+    points = summary_points(m)
+    if points:
+        from .front import plot_front
+
+        eng = latency_engine(m)
+        batches = sorted(m["latency"][eng]["dense"], key=int)
+        plot_front(points, batches, out_dir / "accuracy_vs_latency.png", eng)
+        made.append("accuracy_vs_latency.png")
 
     kinds = m.get("widths", {"ffn": m["ffn_widths"]})
     fig, axes = plt.subplots(len(kinds), 1, figsize=(6, 2.6 * len(kinds)), squeeze=False)

@@ -11,6 +11,7 @@ process dies, so a killed run never blocks the next.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -86,6 +87,7 @@ def damage(stage_dir: Path, record: dict | None) -> str | None:
 
 
 LOCK, HOLDER = ".lock", ".lock.holder"  # in the run directory
+TARGETS = "targets"  # a sweep's per-target stages live in targets/<label>/
 
 
 def _own(name: str) -> bool:
@@ -103,8 +105,10 @@ class RunDir:
     def __init__(self, root: str | Path, recipe: dict, *, update: bool = False, log: Callable[[str], None] = print):
         self.root = Path(root)
         self.log = log
-        self.keys: dict[str, str] = {}
-        self.builds: dict[str, str] = {}  # the build id each stage has now (reused or new)
+        self.keys: dict[str, str] = {}  # by the stage's place in the directory (`place`)
+        self.builds: dict[str, str] = {}  # the build id each stage has now (reused or new), by place
+        self.label: str | None = None  # a sweep's target this view serves (`for_target`); None: the whole run
+        self.per_target: set[str] = set()  # the stages a sweep builds once per target, shared by every view
         self._lock = None
         existing = self.root / "recipe.yaml"
         if self.root.exists() and not self.root.is_dir():
@@ -179,8 +183,28 @@ class RunDir:
             self._lock.release()
             self._lock = None
 
+    def for_target(self, label: str) -> "RunDir":
+        """The directory as the stages of one target of a sweep see it: a stage in `per_target` lives in
+        `targets/<label>/<stage>`, any other is the run's shared one. Views share the lock, keys and builds."""
+        view = copy.copy(self)
+        view.label = label
+        return view
+
+    @property
+    def home(self) -> Path:
+        """Where this view's own files go (`recipe.yaml`, `summary.json`): the run's root, or its target's."""
+        return self.root if self.label is None else self.root / TARGETS / self.label
+
+    def place(self, stage: str) -> str:
+        """A stage's directory relative to the root."""
+        return f"{TARGETS}/{self.label}/{stage}" if self.label is not None and stage in self.per_target else stage
+
     def path(self, stage: str) -> Path:
-        return self.root / stage
+        return self.root / self.place(stage)
+
+    def key(self, stage: str) -> str:
+        """The key `stage` was last run (or reused) with in this view."""
+        return self.keys[self.place(stage)]
 
     def run(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], *, force: bool = False,
             distributed: bool = False, code: str | None = None) -> Path:
@@ -193,9 +217,10 @@ class RunDir:
         other stage by the main process alone while the others wait; only the main process writes,
         and every process then takes the published build id, so all agree on what comes next.
         """
-        upstream = {k: self.builds[k] for k in inputs.get("reads", [])}
+        upstream = {k: self.builds[self.place(k)] for k in inputs.get("reads", [])}
         key = stage_key({**inputs, "upstream": upstream, "prune_version": __version__, "code": code})
-        self.keys[stage] = key
+        where = self.place(stage)
+        self.keys[where] = key
         final = self.path(stage)
         meta = final / "stage.json"
         if not force and meta.is_file():
@@ -207,15 +232,16 @@ class RunDir:
             if done.get("key") == key:
                 problem = damage(final, done.get("files"))
                 if problem is None:
-                    self.builds[stage] = done.get("build", key)
+                    self.builds[where] = done.get("build", key)
                     self.log(f"[{stage}] unchanged, reusing {final}")
                     return final
                 self.log(f"[{stage}] {problem}; rebuilding it and the stages that read it")
         elif not force and final.exists():
             self.log(f"[{stage}] {stage}/stage.json is missing (an unfinished or damaged stage); rebuilding it")
-        tmp = self.root / f".{stage}.tmp"
+        tmp = final.parent / f".{stage}.tmp"
         main = dist.is_main()
         if main:
+            final.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
@@ -228,7 +254,7 @@ class RunDir:
                 write_json(tmp / "stage.json", {"stage": stage, "key": key, "build": uuid.uuid4().hex[:16],
                                                 "seconds": time.perf_counter() - start, "inputs": inputs,
                                                 "files": file_record(tmp), **info})
-                old = self.root / f".{stage}.old"
+                old = final.parent / f".{stage}.old"
                 shutil.rmtree(old, ignore_errors=True)
                 if final.exists():
                     final.rename(old)
@@ -238,6 +264,6 @@ class RunDir:
             if main:
                 shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
-        self.builds[stage] = json.loads(meta.read_text())["build"]
+        self.builds[where] = json.loads(meta.read_text())["build"]
         self.log(f"[{stage}] done in {time.perf_counter() - start:.1f}s")
         return final

@@ -55,6 +55,13 @@ class RunContext:
         self._splits: dict[str, tuple] = {}
         self._latency = None
 
+    def for_target(self, recipe: Recipe, run_dir: RunDir) -> "RunContext":
+        """The context of another target of a sweep: its own recipe, run directory view and summary; the
+        loaded model, dataset splits and latency table (which no target changes) shared with this one."""
+        ctx = RunContext(recipe, run_dir, progress=self.progress, log=self.log)
+        ctx._dense, ctx._splits, ctx._latency = self._loaded(), self._splits, self._latency
+        return ctx
+
     def scorer(self, kind: str) -> Criterion:
         """The criterion that scores units of `kind`: the run's own, or the budget criterion where it cannot."""
         return self.criterion if self.criterion.can_score(kind) else self.budget_criterion

@@ -43,7 +43,7 @@ def build(ctx, out: Path) -> dict:
                       seed=f.seed, distill_alpha=f.distill.alpha if f.distill else 0.0,
                       distill_temperature=f.distill.temperature if f.distill else 2.0,
                       distill_features=f.distill.feature_weight if f.distill and f.distill.features else 0.0)
-    ckpt = ctx.run_dir.root / ".checkpoints" / f"finetune-{ctx.run_dir.keys[NAME]}"
+    ckpt = ctx.run_dir.root / ".checkpoints" / f"finetune-{ctx.run_dir.key(NAME)}"
     if (ckpt / "last" / "state.json").is_file():
         ctx.log(f"[finetune] resuming from {ckpt}")
     history = train(model, train_loader.dataset, holdout, cfg, teacher=dense if f.distill else None,

@@ -79,7 +79,7 @@ def build(ctx, out: Path) -> dict:
         steps=r.paths.steps, objective=r.importance.objective, rows=r.paths.batch_size,
         progress=ctx.progress, reduce=dist.reduce_sum)
     start = time.perf_counter()
-    ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.keys[NAME]}"
+    ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.key(NAME)}"
     tensors = {}
     scorer = {u.kind: ctx.scorer(u.kind) for u in ctx.units}
     if r.prune.mode == "iterative":

@@ -82,7 +82,7 @@ def measured_on(ctx, summary: dict) -> dict:
         if stage is None:
             return r.model.name  # the recipe's own model (a timm name or a model directory)
         files = json.loads((rd.path(stage) / "stage.json").read_text()).get("files", {})
-        return {"path": f"{stage}/{name}", "sha256": files.get(name, {}).get("sha256")}
+        return {"path": f"{rd.place(stage)}/{name}", "sha256": files.get(name, {}).get("sha256")}
 
     out = {"accuracy": {a.name: ref(a.stage, "model.safetensors") for a in artifacts(r)}}
     models = {name: ref(a.stage, "model.safetensors") for name, a in shipped(r)}
