@@ -91,11 +91,28 @@ class LatencyCfg(_Section):
         return LatencySpec(**self.model_dump())
 
 
+TARGETS = ("ratio", "macs_ratio", "latency_ratio")  # the prune targets; any one may be a list (a sweep)
+MAX_SWEEP = 16  # targets in one sweep
+
+
+def _target(v, key: str):
+    """A share in (0, 1), or a list of distinct ones (a sweep: one pruned model per value)."""
+    values = v if isinstance(v, list) else [v]
+    if isinstance(v, list) and not 1 <= len(v) <= MAX_SWEEP:
+        raise ValueError(f"a sweep lists 1 to {MAX_SWEEP} targets, not {len(v)}")
+    for x in values:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
+            raise ValueError(f"{key} must be a number in (0, 1) or a list of them, not {x!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a target twice")
+    return [float(x) for x in v] if isinstance(v, list) else float(v)
+
+
 class PruneCfg(_Section):
     units: list[str] = Field(default_factory=lambda: ["ffn"])  # what is pruned: ffn (neurons), heads (attention heads)
-    ratio: float = Field(0.5, gt=0, lt=1)  # fraction of each pruned kind's units removed
-    macs_ratio: float | None = Field(None, gt=0, lt=1)  # share of the dense model's MACs to remove (replaces ratio)
-    latency_ratio: float | None = Field(None, gt=0, lt=1)  # share of the dense model's measured latency to remove
+    ratio: float | list[float] = 0.5  # fraction of each pruned kind's units removed
+    macs_ratio: float | list[float] | None = None  # share of the dense model's MACs to remove (replaces ratio)
+    latency_ratio: float | list[float] | None = None  # share of the dense model's measured latency to remove
     latency: LatencyCfg = Field(default_factory=LatencyCfg)  # where latency_ratio is measured
     scope: Literal["uniform", "global"] = "global"  # the criterion's scores decide each block's width
     max_layer_ratio: float | dict[str, float] = 0.9  # global: most of a block's units of a kind that may go (1: all)
@@ -109,6 +126,16 @@ class PruneCfg(_Section):
     reconstruct: Literal["none", "lstsq"] = "none"  # lstsq: re-fit each branch's output layer (prune/reconstruct.py)
     reconstruct_images: int = Field(256, ge=1)  # training images whose tokens the re-fit solves on
     reconstruct_ridge: float = Field(1e-3, ge=0)  # ridge, relative to the features' mean square
+
+    @field_validator(*TARGETS, mode="before")
+    @classmethod
+    def _targets(cls, v, info):
+        return v if v is None else _target(v, info.field_name)
+
+    def swept(self) -> str | None:
+        """The target given as a list (a sweep), or None."""
+        lists = [k for k in TARGETS if isinstance(getattr(self, k), list)]
+        return lists[0] if lists else None
 
     @field_validator("units")
     @classmethod
@@ -225,6 +252,7 @@ class BenchCfg(_Section):
 
 class ReportCfg(_Section):
     heatmap_classes: int = Field(4, ge=0)
+    max_drop: float = Field(0.01, ge=0, lt=1)  # a sweep recommends the fastest artifact within this top-1 of dense
 
 
 class Recipe(_Section):
@@ -240,9 +268,38 @@ class Recipe(_Section):
     bench: BenchCfg = Field(default_factory=BenchCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
 
+    def sweep(self) -> list[tuple[str | None, "Recipe"]]:
+        """`(label, recipe)` for every target: one scalar recipe per value of the swept target, labelled
+        `key-value`; `[(None, self)]` when nothing is swept."""
+        key = self.prune.swept()
+        if key is None:
+            return [(None, self)]
+        dumped = self.model_dump(mode="json")
+        out = []
+        for value in getattr(self.prune, key):
+            one = {**dumped, "prune": {**dumped["prune"], key: value}}
+            out.append((f"{key}-{value:g}", Recipe.model_validate(one)))
+        return out
+
     @model_validator(mode="after")
     def _consistent(self):
         p = self.prune
+        key = p.swept()
+        if key is not None:
+            others = [k for k in TARGETS if k != key and isinstance(getattr(p, k), list)]
+            if others:
+                raise ValueError(f"sweep one target: prune.{key} and prune.{others[0]} are both lists")
+            if key == "ratio" and (p.macs_ratio is not None or p.latency_ratio is not None):
+                other = "macs_ratio" if p.macs_ratio is not None else "latency_ratio"
+                raise ValueError(f"prune.ratio is a list but prune.{other} replaces it; sweep prune.{other} instead")
+            dumped = self.model_dump(mode="json")
+            for value in getattr(p, key):  # every target must be a valid recipe on its own
+                try:
+                    Recipe.model_validate({**dumped, "prune": {**dumped["prune"], key: value}})
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise ValueError(f"with prune.{key} {value:g}: {_describe(err).removeprefix('recipe: ')}") from None
+            return self
         caps = p.max_layer_ratio if isinstance(p.max_layer_ratio, dict) else {k: p.max_layer_ratio for k in p.units}
         for key, value in (("max_layer_ratio", p.max_layer_ratio), ("min_layer_ratio", p.min_layer_ratio),
                            ("round_to", p.round_to)):
