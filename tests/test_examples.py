@@ -76,6 +76,13 @@ EXAMPLES = {
         "run: paths --model models/mine --data {data} --split test --images-per-class 1 --steps 2 --top-k 5 --out {tmp}/p3",
     "prune recipes && prune --recipe quickstart.yaml": "covered: the README's prune recipes and first examples",
     "prune plan --recipe R": "covered: the plan example below",
+    # two of the four targets keep it short; test_sweep.py covers a sweep, its front and a target added later
+    "prune --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set \"prune.macs_ratio=[0.3,0.5,0.6,0.7]\" "
+    "--out runs/sweep":
+        "run: --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set prune.macs_ratio=[0.3,0.6] "
+        "--out {tmp}/sweep",
+    "prune plan --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set \"prune.macs_ratio=[0.5,0.7]\" "
+    "--out runs/sweep": "run",
     # a measured table's reachability depends on how busy the machine is: that test uses a table from MACs
     "prune plan --recipe quickstart.yaml --set 'prune.units=[ffn,heads]' --set prune.latency_ratio=0.4 "
     "--set prune.max_layer_ratio=1.0":
