@@ -6,8 +6,8 @@ and the table's build time:
         --latency-ratios 0.3,0.5 --macs-ratios 0.5,0.6 --eval-images 2000 \\
         --csv benchmarks/results/latency_budget_vit_tiny_cifar10.csv
 
-Needs the machine to itself (it times things). One run directory per target; a row is appended to the CSV
-after every configuration.
+Needs the machine to itself (it times things). One sweep run directory per budget (`--runs`/latency, `--runs`/macs: resumable, shared stages
+built once); its targets' rows are appended to the CSV when the sweep ends.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--csv", required=True)
     p.add_argument("--runs", default="runs/latency_budget")
+    p.add_argument("--set", dest="sets", action="append", default=[],
+                   help="a recipe override for every run, e.g. --set finetune.epochs=1 (a recovery)")
     args = p.parse_args(argv)
     base = [f"model.name={args.model}", f"data.source={args.data}", "finetune.epochs=0", "bench.batch_sizes=[1]",
-            f"bench.repeats={args.repeats}", "bench.pytorch=false", "bench.until_stable=true"]
+            f"bench.repeats={args.repeats}", "bench.pytorch=false", "bench.until_stable=true", *args.sets]
     base += [f"data.eval_images={args.eval_images}"] if args.eval_images else []
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,42 +45,51 @@ def main(argv=None) -> None:
               "dense_ms", "pruned_ms", "speedup", "predicted_dense_ms", "predicted_pruned_ms", "prediction_error",
               "noisy", "table_seconds", "run_seconds"]
     new = not path.exists()
-    configs = [("latency", float(t)) for t in args.latency_ratios.split(",") if t] + \
-              [("macs", float(t)) for t in args.macs_ratios.split(",") if t]
+    sweeps = [("latency", args.latency_ratios), ("macs", args.macs_ratios)]
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
-        for budget, t in configs:
-            out = Path(args.runs) / f"{budget}{t}"
+        for budget, targets in sweeps:
+            if not targets:
+                continue
+            out = Path(args.runs) / budget  # one sweep per budget: shared stages once, a resumable directory
             start = time.perf_counter()
             argv = ["--recipe", "cifar10_vit_tiny_50pct.yaml", "--out", str(out), "--quiet", "--update",
-                    *sum([["--set", s] for s in [*base, f"prune.{budget}_ratio={t}",
+                    *sum([["--set", s] for s in [*base, f"prune.{budget}_ratio=[{targets}]",
                                                    f"prune.{'macs' if budget == 'latency' else 'latency'}_ratio=null"]], [])]
             with contextlib.redirect_stdout(io.StringIO()):
                 if prune(argv) != 0:
-                    raise SystemExit(f"prune failed for {budget} {t}")
-            s = json.loads((out / "summary.json").read_text())
-            pr = json.loads((out / "prune" / "prune.json").read_text())
-            lat = s["latency"]["onnxruntime"]
-            acc = s["accuracy"]
-            lp = pr.get("latency_predicted")
-            table = json.loads((out / "prune" / "latency_table.json").read_text()) if lp else None
-            row = {"model": Path(args.model).name, "budget": budget, "target": t,
-                   "eval_images": acc["dense"]["images"], "dense_top1": acc["dense"]["top1"],
-                   "pruned_top1": acc["pruned"]["top1"], "final_top1": list(acc.values())[-1]["top1"],
-                   "macs_kept": round(s["macs"]["pruned"] / s["macs"]["dense"], 4),
-                   "dense_ms": round(lat["dense"]["1"]["median_ms"], 4), "pruned_ms": round(lat["pruned"]["1"]["median_ms"], 4),
-                   "speedup": round(lat["dense"]["1"]["median_ms"] / lat["pruned"]["1"]["median_ms"], 3),
-                   "predicted_dense_ms": round(lp["dense_ms"], 4) if lp else None,
-                   "predicted_pruned_ms": round(lp["pruned_ms"], 4) if lp else None,
-                   "prediction_error": round(lp["pruned_ms"] / lat["pruned"]["1"]["median_ms"] - 1, 4) if lp else None,
-                   "noisy": bool(s.get("bench", {}).get("noise", {}).get("onnxruntime", {}).get("noisy")),
-                   "table_seconds": round(table["seconds"], 1) if table else None,
-                   "run_seconds": round(time.perf_counter() - start, 1)}
-            w.writerow(row)
-            f.flush()
-            print(row, flush=True)
+                    raise SystemExit(f"prune failed for the {budget} sweep {targets}")
+            seconds = round(time.perf_counter() - start, 1)
+            for label in json.loads((out / "summary.json").read_text())["targets"]:
+                t = float(label.rsplit("-", 1)[1])
+                w.writerow(_row(args, budget, t, out / "targets" / label, seconds))
+                f.flush()
+
+
+def _row(args, budget: str, t: float, out: Path, seconds: float) -> dict:
+    """One target's figures from its directory in the sweep."""
+    s = json.loads((out / "summary.json").read_text())
+    pr = json.loads((out / "prune" / "prune.json").read_text())
+    lat = s["latency"]["onnxruntime"]
+    acc = s["accuracy"]
+    lp = pr.get("latency_predicted")
+    table = json.loads((out / "prune" / "latency_table.json").read_text()) if lp else None
+    row = {"model": Path(args.model).name, "budget": budget, "target": t,
+           "eval_images": acc["dense"]["images"], "dense_top1": acc["dense"]["top1"],
+           "pruned_top1": acc["pruned"]["top1"], "final_top1": list(acc.values())[-1]["top1"],
+           "macs_kept": round(s["macs"]["pruned"] / s["macs"]["dense"], 4),
+           "dense_ms": round(lat["dense"]["1"]["median_ms"], 4), "pruned_ms": round(lat["pruned"]["1"]["median_ms"], 4),
+           "speedup": round(lat["dense"]["1"]["median_ms"] / lat["pruned"]["1"]["median_ms"], 3),
+           "predicted_dense_ms": round(lp["dense_ms"], 4) if lp else None,
+           "predicted_pruned_ms": round(lp["pruned_ms"], 4) if lp else None,
+           "prediction_error": round(lp["pruned_ms"] / lat["pruned"]["1"]["median_ms"] - 1, 4) if lp else None,
+           "noisy": bool(s.get("bench", {}).get("noise", {}).get("onnxruntime", {}).get("noisy")),
+           "table_seconds": round(table["seconds"], 1) if table else None,
+           "run_seconds": seconds}
+    print(row, flush=True)
+    return row
 
 
 if __name__ == "__main__":
