@@ -123,9 +123,13 @@ class PruneCfg(_Section):
     iterations: int = Field(4, ge=2)  # iterative: the target in this many steps, re-scored between them
     budget_kind: str | None = None  # scope global: this criterion's scores set the widths (default: importance.kind)
     classes: list[int | str] | None = None  # specialise: keep only these classes (indices or names)
-    reconstruct: Literal["none", "lstsq"] = "none"  # lstsq: re-fit each branch's output layer (prune/reconstruct.py)
+    # lstsq: re-fit each branch's output layer; blockwise: also train each block (prune/reconstruct.py)
+    reconstruct: Literal["none", "lstsq", "blockwise"] = "none"
     reconstruct_images: int = Field(256, ge=1)  # training images whose tokens the re-fit solves on
     reconstruct_ridge: float = Field(1e-3, ge=0)  # ridge, relative to the features' mean square
+    reconstruct_steps: int = Field(200, ge=0, le=100_000)  # blockwise: Adam steps per block
+    reconstruct_lr: float = Field(1e-4, gt=0, le=1)  # blockwise: Adam's learning rate, cosine-decayed to 0
+    reconstruct_start: Literal["lstsq", "pruned"] = "lstsq"  # blockwise: train from the lstsq re-fit or the cut weights
 
     @field_validator(*TARGETS, mode="before")
     @classmethod

@@ -11,10 +11,18 @@ that the block's output matches. Normal equations are accumulated in float64 ove
 the calibration images (summed across processes with `reduce`), and a solution is kept only when it
 lowers that branch's squared error on them: the re-fit is never worse than no re-fit on its own
 objective.
+
+`blockwise` visits the blocks in the same order and on the same inputs, but then trains every
+parameter of block l (qkv, proj, fc1, fc2, norms, layer scales) with Adam against the dense block's
+output on the cached calibration tokens; minibatches are drawn by image id, so that every process
+draws the same ones and the summed gradients are those of one process. A trained block is kept only
+when it lowers the block's error on all the calibration images.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -108,27 +116,140 @@ def _fit_branch(unit, vit: ViTAdapter, l: int, branch: nn.Module, ls: nn.Module,
     return _fit_layer(eq, layer, branch if empty else None, gamma, ridge, reduce)
 
 
+def _sequential(pruned: nn.Module, dense: nn.Module, images: list[torch.Tensor], fit_block: Callable, desc: str,
+                progress: bool) -> list[dict]:
+    """Visit the blocks from input to output: `fit_block(pv, l, inputs, dense_mid, dense_out)` edits block l of
+    `pruned` given its inputs (the pruned stream after the blocks already fitted, one tensor per batch of
+    `images`), the dense stream after block l's attention and after block l; then both streams move past it."""
+    pruned.eval()
+    dense.eval()
+    pv, dv = ViTAdapter(pruned), ViTAdapter(dense)
+    with torch.no_grad():
+        streams = [(dv.embed(x), pv.embed(x)) for x in images]  # (dense, pruned) residual streams
+    rows = []
+    for l in tqdm(range(pv.depth), desc=desc, unit="block", disable=not progress):
+        db = dv.blocks[l]
+        with torch.no_grad():
+            dense_mid = [xd + db.ls1(db.attn(db.norm1(xd))) for xd, _ in streams]
+            dense_out = [dv.post(l, *dv.pre_mlp(l, m)) for m in dense_mid]
+        rows += fit_block(pv, l, [xp for _, xp in streams], dense_mid, dense_out)
+        with torch.no_grad():
+            streams = [(out, pv.post(l, *pv.pre(l, xp))) for out, (_, xp) in zip(dense_out, streams)]
+    return rows
+
+
 @torch.no_grad()
+def _lstsq_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ridge: float, reduce) -> list[dict]:
+    """Re-fit block l's attention branch so that the stream after it is the dense stream after attention, then
+    its FFN branch, on the re-fitted attention's output, so that the block's output is the dense one."""
+    pb = pv.blocks[l]
+    rows = [{"block": l, "branch": "attn",
+             **_fit_branch(HEADS, pv, l, pb.attn, pb.ls1, inputs, dense_mid, ridge, reduce)}]
+    mids = [xp + pb.ls1(pb.attn(pb.norm1(xp))) for xp in inputs]
+    rows.append({"block": l, "branch": "ffn", **_fit_branch(FFN, pv, l, pb.mlp, pb.ls2, mids, dense_out, ridge,
+                                                            reduce)})
+    return rows
+
+
 def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: float = 1e-3,
           reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, progress: bool = False) -> list[dict]:
     """Re-fit `pruned` in place on the images of `batches` (`(images, ...)`); one row per block and branch
     with its squared error before and after, as a share of what the branch should add to the stream."""
-    pruned.eval()
-    dense.eval()
-    pv, dv = ViTAdapter(pruned), ViTAdapter(dense)
-    images = [b[0] for b in batches if len(b[0])]
-    streams = [(dv.embed(x), pv.embed(x)) for x in images]  # (dense, pruned) residual streams, per batch
-    rows = []
-    for l in tqdm(range(pv.depth), desc="reconstruct", unit="block", disable=not progress):
-        pb, db = pv.blocks[l], dv.blocks[l]
-        dense_mid = [xd + db.ls1(db.attn(db.norm1(xd))) for xd, _ in streams]
-        dense_out = [dv.post(l, *dv.pre_mlp(l, m)) for m in dense_mid]
-        # attention branch: the stream after it should be the dense stream after attention
-        rows.append({"block": l, "branch": "attn", **_fit_branch(
-            HEADS, pv, l, pb.attn, pb.ls1, [xp for _, xp in streams], dense_mid, ridge, reduce)})
-        mids = [xp + pb.ls1(pb.attn(pb.norm1(xp))) for _, xp in streams]
-        # FFN branch: on the re-fitted attention's output, the block's output should be the dense one
-        rows.append({"block": l, "branch": "ffn", **_fit_branch(FFN, pv, l, pb.mlp, pb.ls2, mids, dense_out, ridge,
-                                                                reduce)})
-        streams = [(out, pv.post(l, *pv.pre_mlp(l, mp))) for out, mp in zip(dense_out, mids)]
-    return rows
+    fit = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce)
+    return _sequential(pruned, dense, [b[0] for b in batches if len(b[0])], fit, "reconstruct", progress)
+
+
+# --- blockwise: every parameter of the block trained against the dense block's output ---------------------------
+
+BATCH_IMAGES = 32  # calibration images per Adam step (all of them when there are fewer)
+
+
+def _block_error(f: Callable, inputs: list[torch.Tensor], targets: list[torch.Tensor], reduce) -> float:
+    """Squared error of block `f` against the dense block outputs in `targets`, summed over every process's
+    images, as a share of what the block should add to the stream (`targets - inputs`)."""
+    sse = torch.zeros(2, dtype=torch.float64, device=targets[0].device)
+    with torch.no_grad():
+        for x, want in zip(inputs, targets):
+            sse += torch.stack([(f(x) - want).double().pow(2).sum(), (want - x).double().pow(2).sum()])
+    sse = reduce(sse)
+    return float(sse[0] / sse[1].clamp_min(1e-30))
+
+
+def _minibatches(keys: torch.Tensor, size: int, seed: int):
+    """Endless minibatches of `keys` (the ids of every process's images), a fresh shuffle each pass: every
+    process draws the same ones, and takes from each the images it holds."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for chunk in keys[torch.randperm(len(keys), generator=g)].split(size):
+            yield chunk
+
+
+def _sum_grads(params: list[nn.Parameter], reduce) -> None:
+    """Replace every gradient by its sum over processes, in one all-reduce (each process's loss is already
+    divided by the size of the global minibatch, so the sum is the minibatch's mean gradient)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.reshape(-1) for g in grads]))
+    for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
+def _train_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ids: list[torch.Tensor],
+                 keys: torch.Tensor, steps: int, lr: float, seed: int, reduce) -> list[dict]:
+    """Train every parameter of block l with Adam (cosine-decayed `lr`, `steps` steps of `BATCH_IMAGES` images)
+    so that its output on `inputs` matches the dense block's; kept only when that lowers the block's error on
+    all the calibration images."""
+    block = pv.blocks[l]
+    f = lambda x: pv.post(l, *pv.pre(l, x))  # noqa: E731
+    before = _block_error(f, inputs, dense_out, reduce)
+    start = {k: v.clone() for k, v in block.state_dict().items()}
+    x, want, held = torch.cat(inputs), torch.cat(dense_out), torch.cat(ids).to(inputs[0].device)
+    params = [p for p in block.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    draws = _minibatches(keys, min(BATCH_IMAGES, len(keys)), seed + l)
+    with torch.enable_grad():
+        for _ in range(steps):
+            chosen = next(draws)
+            mine = torch.isin(held, chosen.to(held.device))
+            opt.zero_grad(set_to_none=True)
+            if mine.any():
+                err = (f(x[mine]) - want[mine]).pow(2).sum() / (len(chosen) * want[0].numel())
+                err.backward()
+            _sum_grads(params, reduce)
+            opt.step()
+            sched.step()
+    after = _block_error(f, inputs, dense_out, reduce)
+    if after >= before:
+        block.load_state_dict(start)
+    return [{"block": l, "branch": "block", "error_before": before, "error_after": min(before, after),
+             "kept_old": after >= before}]
+
+
+def blockwise(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, steps: int = 300, lr: float = 1e-4,
+              start: str = "lstsq", ridge: float = 1e-3, seed: int = 0,
+              reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+              gather: Callable[[list], list] = list, progress: bool = False) -> list[dict]:
+    """Re-fit `pruned` in place block by block like `refit`, but train every parameter of block l (after its
+    least-squares re-fit when `start` is "lstsq") against the dense block's output on its cached inputs: a
+    window that contains the nonlinearity can recover more than a linear fit of one matrix.
+
+    `batches` are `(images, ids)`: ids name each image across processes (dataset rows; positions when
+    omitted), so every process draws the same minibatches (`gather` lists every process's ids) and the
+    summed gradients (`reduce`) are those one process would take. One row per block (and per branch of the
+    least-squares start), errors as shares of what the block or branch should add to the stream."""
+    if start not in ("lstsq", "pruned"):
+        raise ValueError(f"start must be 'lstsq' or 'pruned', not {start!r}")
+    batches = [b for b in batches if len(b[0])]
+    ids, seen = [], 0
+    for b in batches:
+        ids.append(torch.as_tensor(b[1]) if len(b) > 1 else torch.arange(seen, seen + len(b[0])))
+        seen += len(b[0])
+    keys = torch.tensor(sorted(gather(torch.cat(ids).tolist() if ids else [])), dtype=torch.long)
+    train = functools.partial(_train_block, ids=ids, keys=keys, steps=steps, lr=lr, seed=seed, reduce=reduce)
+    lstsq = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce)
+
+    def fit(pv, l, inputs, dense_mid, dense_out):
+        rows = lstsq(pv, l, inputs, dense_mid, dense_out) if start == "lstsq" else []
+        return rows + (train(pv, l, inputs, dense_mid, dense_out) if steps and len(keys) else [])
+
+    return _sequential(pruned, dense, [b[0] for b in batches], fit, "reconstruct", progress)

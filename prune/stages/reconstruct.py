@@ -1,6 +1,7 @@
-"""The reconstruct stage: re-fit the pruned model's branch output layers to the dense model's residual
-stream, block by block (`prune/reconstruct.py`), on `prune.reconstruct_images` training images.
-Runs when `prune.reconstruct` is not `none`; its model is what fine-tuning starts from."""
+"""The reconstruct stage: re-fit the pruned model to the dense model's residual stream, block by block
+(`prune/reconstruct.py`), on `prune.reconstruct_images` training images: the branch output layers by
+least squares (`lstsq`), or every parameter of each block by Adam (`blockwise`). Runs when
+`prune.reconstruct` is not `none`; its model is what fine-tuning starts from."""
 
 from __future__ import annotations
 
@@ -13,20 +14,23 @@ from .. import dist
 from ..io import write_json
 from ..models import ModelSpec
 from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
-from ..reconstruct import refit
+from ..reconstruct import blockwise, refit
 from . import prune
 from .context import device
 
 NAME = "reconstruct"
-DISTRIBUTED = True  # every process accumulates the normal equations of its share of the images
+DISTRIBUTED = True  # every process sums the normal equations (or gradients) of its share of the images
+BLOCKWISE = ("reconstruct_steps", "reconstruct_lr", "reconstruct_start")  # the fields only blockwise reads
 
 
 def inputs(ctx) -> dict | None:
     p = ctx.r.prune
     if p.reconstruct == "none":
         return None
+    fields = {"reconstruct", "reconstruct_images", "reconstruct_ridge",
+              *(BLOCKWISE if p.reconstruct == "blockwise" else ())}
     return {**ctx.eval_inputs(), "split": ctx.r.data.train_split, "seed": ctx.r.importance.seed,
-            "reconstruct": p.model_dump(include={"reconstruct", "reconstruct_images", "reconstruct_ridge"}),
+            "reconstruct": p.model_dump(include=fields),
             "reads": [prune.NAME]}
 
 
@@ -35,9 +39,16 @@ def build(ctx, out: Path) -> dict:
     dense, data_cfg, _ = ctx.model()
     model, structure = load_pruned(ctx.run_dir.path(prune.NAME))
     loader = ctx.loader(r.data.train_split, data_cfg, p.reconstruct_images, r.importance.seed + 1, shard=True)
+    model, dense = model.to(device()), dense.to(device())
     start = time.perf_counter()
-    rows = refit(model.to(device()), dense.to(device()), ctx.batches(loader, "reconstruct"),
-                 ridge=p.reconstruct_ridge, reduce=dist.reduce_sum, progress=ctx.progress)
+    if p.reconstruct == "blockwise":
+        rows = blockwise(model, dense, _with_rows(ctx, loader, "reconstruct"), steps=p.reconstruct_steps,
+                         lr=p.reconstruct_lr, start=p.reconstruct_start, ridge=p.reconstruct_ridge,
+                         seed=r.importance.seed, reduce=dist.reduce_sum, gather=dist.gather_lists,
+                         progress=ctx.progress)
+    else:
+        rows = refit(model, dense, ctx.batches(loader, "reconstruct"), ridge=p.reconstruct_ridge,
+                     reduce=dist.reduce_sum, progress=ctx.progress)
     seconds = time.perf_counter() - start
     model = model.cpu().eval()
     if dist.is_main():
@@ -50,9 +61,20 @@ def build(ctx, out: Path) -> dict:
     saved, _ = load_pruned(out)
     info = {"refitted": ctx.accuracy(saved, data_cfg, "refitted"), "method": p.reconstruct,
             "images": int(dist.reduce_sum(torch.tensor(len(loader.dataset))).item()),
-            "ridge": p.reconstruct_ridge, "seconds": seconds, "branches": rows}
-    ctx.log(f"[reconstruct] re-fitted {sum(not b['kept_old'] for b in rows)} of {len(rows)} branches in {seconds:.1f}s")
+            "ridge": p.reconstruct_ridge, "seconds": seconds, "branches": rows,
+            **(p.model_dump(include=set(BLOCKWISE)) if p.reconstruct == "blockwise" else {})}
+    ctx.log(f"[reconstruct] {p.reconstruct}: re-fitted {sum(not b['kept_old'] for b in rows)} of {len(rows)} "
+            f"{'blocks and branches' if p.reconstruct == 'blockwise' else 'branches'} in {seconds:.1f}s")
     if dist.is_main():
         write_json(out / "metrics.json", info)
         write_model_card(out, saved, card.with_accuracy(refitted=info["refitted"]))
     return {k: v for k, v in info.items() if k != "branches"}
+
+
+def _with_rows(ctx, loader, key: str):
+    """`(images, dataset rows)` batches on the device (bad rows counted under `key`, as `ctx.batches` does):
+    the rows name each image across processes, so that every process draws the same minibatches."""
+    for x, y, rows, bad in loader:
+        ctx.skipped.setdefault(key, []).extend(b.row for b in bad)
+        if len(y):
+            yield x.to(device()), torch.as_tensor(rows)
