@@ -127,8 +127,8 @@ class PruneCfg(_Section):
     reconstruct: Literal["none", "lstsq", "blockwise"] = "none"
     reconstruct_images: int = Field(256, ge=1)  # training images whose tokens the re-fit solves on
     reconstruct_ridge: float = Field(1e-3, ge=0)  # ridge, relative to the features' mean square
-    reconstruct_steps: int = Field(200, ge=0, le=100_000)  # blockwise: Adam steps per block
-    reconstruct_lr: float = Field(1e-4, gt=0, le=1)  # blockwise: Adam's learning rate, cosine-decayed to 0
+    reconstruct_steps: int = Field(100, ge=0, le=100_000)  # blockwise: Adam steps per block
+    reconstruct_lr: float = Field(3e-4, gt=0, le=1)  # blockwise: Adam's learning rate, cosine-decayed to 0
     reconstruct_start: Literal["lstsq", "pruned"] = "lstsq"  # blockwise: train from the lstsq re-fit or the cut weights
 
     @field_validator(*TARGETS, mode="before")

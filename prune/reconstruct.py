@@ -225,7 +225,7 @@ def _train_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ids: l
              "kept_old": after >= before}]
 
 
-def blockwise(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, steps: int = 300, lr: float = 1e-4,
+def blockwise(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, steps: int = 100, lr: float = 3e-4,
               start: str = "lstsq", ridge: float = 1e-3, seed: int = 0,
               reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
               gather: Callable[[list], list] = list, progress: bool = False) -> list[dict]:
