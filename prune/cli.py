@@ -13,7 +13,7 @@ DESCRIPTION = """\
 prune: score a Vision Transformer's FFN neurons and attention heads by their attribution, and remove
 the ones it can spare.
 
-  prune --recipe quickstart.yaml [--set prune.ratio=0.3 ...] [--out DIR]
+  prune --recipe quickstart.yaml [--set prune.macs_ratio=0.5 ...] [--out DIR]
         run a recipe: score units -> prune FFN neurons (and heads) -> evaluate -> fine-tune -> export,
         each stage a sub-directory of the run (unchanged stages are reused, so runs resume)
   prune convert MODEL --out DIR
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prune {__version__}")
     parser.add_argument("--recipe", help="recipe YAML file, or the name of a shipped recipe (see `prune recipes`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set prune.ratio=0.3 (repeatable)")
+                        help="override a recipe value, e.g. --set prune.macs_ratio=0.5 (repeatable)")
     parser.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="rerun this stage even if its inputs are unchanged: paths, importance, prune, baseline, "
@@ -184,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make a model that predicts only some classes: the run's recipe with prune.classes set, in a "
                     "new run directory that starts from the run's path statistics (no rediscovery), so only "
                     "scoring, pruning, evaluation and the later stages run. Example:\n\n"
-                    "  prune specialize runs/cifar10 --classes cat,dog --set prune.ratio=0.9",
+                    "  prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("run", help="a finished run directory (made by prune --recipe)")
     sp.add_argument("--classes", required=True,
                     help="comma-separated class indices or names (the dataset's ClassLabel names), in output order")
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a value of the run's recipe, e.g. --set prune.ratio=0.9 (repeatable)")
+                    help="override a value of the run's recipe, e.g. --set prune.macs_ratio=0.8 (repeatable)")
     sp.add_argument("--out", default=None, help="run directory for the specialised model (default: RUN-classes-...)")
     sp.add_argument("--update", action="store_true",
                     help="accept a changed recipe in an existing --out; unchanged stages are reused")

@@ -2,7 +2,7 @@
 and latency, the fastest one within a top-1 tolerance of dense, and one plot that shows it all (a run's
 report and a sweep's both draw it).
 
-A point is a dict: `name` (what the plot labels it), `top1`, `ms` (`{batch size: median ms}`), `speedup`
+A point is a dict: `name`, `label` (the text the plot writes beside it; None: none), `top1`, `ms` (`{batch size: median ms}`), `speedup`
 (`{batch size: dense ms / ms}`, measured in the same bench), `int8`, `dense` and `shipped` (bools; shipped:
 the run writes this very model as a file, where a one-shot model before its fine-tune is not).
 """
@@ -36,8 +36,8 @@ def recommend(points: list[dict], batch: str, dense_top1: float, max_drop: float
 
 def plot_front(points: list[dict], batches: list[str], path: Path, engine: str, recommended: int | None = None,
                title: str = "accuracy vs latency") -> None:
-    """One panel per batch size: every point labelled, int8 as triangles, the front as a line, the dense
-    model and the recommended point marked."""
+    """One panel per batch size: int8 files as triangles, one-shot models hollow, the dense model grey, the front
+    as a line, the recommended point ringed, and each point's `label` beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +50,10 @@ def plot_front(points: list[dict], batches: list[str], path: Path, engine: str, 
     for ax, b in zip(axes[0], batches):
         shown = [p for p in points if b in p["ms"]]
         for p in shown:
-            colour = "#555" if p["dense"] else ("#c63" if p["int8"] else "#37a")
-            ax.scatter(p["ms"][b], p["top1"] * 100, s=42, color=colour, marker="^" if p["int8"] else "o", zorder=3)
+            colour = "#777" if p["dense"] else ("#c63" if p["int8"] else "#37a")
+            hollow = not (p["dense"] or p["int8"] or p.get("shipped", True))  # a one-shot model before its recovery
+            ax.scatter(p["ms"][b], p["top1"] * 100, s=42, marker="^" if p["int8"] else "o", zorder=3,
+                       color="white" if hollow else colour, edgecolors=colour, linewidths=1.2)
         front = sorted((p for p, f in zip(shown, on_front(shown, b)) if f), key=lambda p: p["ms"][b])
         if len(front) > 1:
             ax.step([p["ms"][b] for p in front], [p["top1"] * 100 for p in front], where="post", color="#3a7",
@@ -60,22 +62,24 @@ def plot_front(points: list[dict], batches: list[str], path: Path, engine: str, 
             r = points[recommended]
             ax.scatter(r["ms"][b], r["top1"] * 100, s=220, facecolors="none", edgecolors="#3a7", lw=2, zorder=4,
                        label="recommended")
-        spots: dict[tuple, list[str]] = {}  # points at one spot (a model and its fine-tune) share a label
+        spots: dict[tuple, list[str]] = {}  # points at one spot (a model and its recovery) share one label
         for p in shown:
-            spots.setdefault((p["ms"][b], p["top1"]), []).append(p["name"])
+            if p.get("label"):
+                spots.setdefault((p["ms"][b], p["top1"]), []).append(p["label"])
         for i, ((x, y), names) in enumerate(sorted(spots.items())):
             ax.annotate(" = ".join(names), (x, y * 100), textcoords="offset points",
-                        xytext=(6, 6 if i % 2 == 0 else -11), fontsize=7)
+                        xytext=(7, 7 if i % 2 == 0 else -12), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.yaxis.set_major_locator(MaxNLocator(6))
-        ax.margins(x=0.18, y=0.12)
+        ax.margins(x=0.15, y=0.12)
         ax.grid(alpha=0.3)
         ax.set_xlabel(f"{engine} latency, batch {b} (ms, median)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"{title}, batch {b}")
-        handles = [plt.Line2D([], [], ls="", marker="o", color="#37a", label="fp32"),
-                   plt.Line2D([], [], ls="", marker="^", color="#c63", label="int8"),
-                   plt.Line2D([], [], ls="", marker="o", color="#555", label="dense")]
+        key = [("o", "#37a", "#37a", "pruned, shipped (fp32)"), ("o", "white", "#37a", "pruned, before recovery"),
+               ("^", "#c63", "#c63", "int8"), ("o", "#777", "#777", "dense (fp32, int8 as ^)")]
+        handles = [plt.Line2D([], [], ls="", marker=m, markerfacecolor=f, markeredgecolor=e, color=e, label=t)
+                   for m, f, e, t in key]
         ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -102,7 +102,7 @@ def _target(v, key: str):
         raise ValueError(f"a sweep lists 1 to {MAX_SWEEP} targets, not {len(v)}")
     for x in values:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
-            raise ValueError(f"{key} must be a number in (0, 1) or a list of them, not {x!r}")
+            raise ValueError(f"must be in (0, 1), or a list of such values (a sweep), not {x!r}")
     if len(set(values)) != len(values):
         raise ValueError(f"{key} lists a target twice")
     return [float(x) for x in v] if isinstance(v, list) else float(v)
@@ -314,6 +314,10 @@ class Recipe(_Section):
                 and min(caps.get(k, 0.9) for k in p.units) < p.ratio):
             raise ValueError(f"prune.max_layer_ratio {p.max_layer_ratio} < prune.ratio {p.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
+        if p.ratio != PruneCfg.model_fields["ratio"].default and (p.macs_ratio is not None or p.latency_ratio is not None):
+            other = "macs_ratio" if p.macs_ratio is not None else "latency_ratio"
+            raise ValueError(f"prune.ratio {p.ratio} would be ignored: prune.{other} is the target; set "
+                             f"prune.{other} instead, or prune.{other}=null to remove a share of each kind's units")
         if p.macs_ratio is not None and p.latency_ratio is not None:
             raise ValueError("give one target: prune.macs_ratio (a share of MACs) or prune.latency_ratio (a share "
                              "of measured latency), not both; set the other to null (--set prune.macs_ratio=null)")

@@ -74,7 +74,8 @@ def summary_points(m: dict, target: str | None = None) -> list[dict]:
             continue
         ms = {b: v["median_ms"] for b, v in lat[key].items()}
         accuracy_file = where.get("accuracy", {}).get(row["name"]) or where.get("onnx", {}).get(row["name"])
-        points.append({"target": target, "artifact": row["name"], "name": row["name"], "top1": row["top1"],
+        points.append({"target": target, "artifact": row["name"], "name": row["name"], "label": row["name"],
+                       "top1": row["top1"],
                        "structure": row["structure"], "ms": ms,
                        "speedup": {b: lat["dense"][b]["median_ms"] / v for b, v in ms.items()},
                        "int8": "int8" in row["name"], "dense": row["structure"] == "dense",

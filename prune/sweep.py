@@ -27,11 +27,12 @@ def sweep_points(summaries: dict[str, dict]) -> list[dict]:
             if p["dense"]:
                 dense.setdefault(p["artifact"], []).append(p)
             else:
-                points.append({**p, "name": f"{value} {p['artifact']}"})
+                final = p["shipped"] and not p["int8"]  # one label per target, at the model it ships
+                points.append({**p, "name": f"{value} {p['artifact']}", "label": value if final else None})
     merged = []
     for artifact, ps in dense.items():
         ms = {b: statistics.median(p["ms"][b] for p in ps) for b in ps[0]["ms"]}
-        merged.append({**ps[0], "target": None, "name": artifact, "ms": ms,
+        merged.append({**ps[0], "target": None, "name": artifact, "label": artifact, "ms": ms,
                        "speedup": {b: 1.0 if artifact == "dense" else ms_dense(dense, b) / v for b, v in ms.items()},
                        "files": {**ps[0]["files"], "latency": [p["files"]["latency"] for p in ps]}})
     return merged + points

@@ -57,7 +57,8 @@ def test_selected_stats_equal_stats_of_only_those_classes_images():
 
 
 SMALL = ["paths.images_per_class=3", "paths.steps=2", "importance.calibration_images=48", "finetune.epochs=0",
-         "bench.enabled=false", "importance.kind=path_frequency", "prune.scope=uniform"]
+         "bench.enabled=false", "importance.kind=path_frequency", "prune.scope=uniform",
+         "prune.units=[ffn]", "prune.macs_ratio=null"]  # a share of each block's FFN neurons
 
 
 def run(tmp_path, out, *extra):
@@ -107,9 +108,9 @@ def test_specialize_reuses_the_runs_paths_and_matches_a_run_from_scratch(tmp_pat
 
 
 def test_specialize_readme_example_reaches_its_ratio(tmp_path, capsys):
-    """`prune specialize RUN --classes 1,7 --set prune.ratio=0.9` (README, --help): the default cap 0.9 cannot
+    """`prune specialize RUN --classes 1,7 --set prune.ratio=0.9` on a ratio recipe: the default cap 0.9 cannot
     reach 0.9 once every block keeps its rounded-up share, so specialize gives the cap room and says so."""
-    assert run(tmp_path, "full", "export.enabled=false", "prune.scope=global") == 0
+    assert run(tmp_path, "full", "export.enabled=false", "prune.scope=global", "prune.max_layer_ratio=0.9") == 0
     capsys.readouterr()
     assert main(["specialize", str(tmp_path / "full"), "--classes", "1,7", "--quiet", "--set", "prune.ratio=0.9"]) == 0
     out = capsys.readouterr().out

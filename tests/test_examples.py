@@ -25,8 +25,8 @@ CIFAR_KW = {"img_size": 32, "patch_size": 4, "num_classes": 10}
 #   "run: ARGS": a scaled-down form (the reason beside it)
 #   "covered: TEST": run by another test
 EXAMPLES = {
-    "prune --recipe recipes/quickstart.yaml [--set prune.ratio=0.3 --set importance.kind=taylor] [--out DIR]":
-        "run: --recipe recipes/quickstart.yaml --set prune.ratio=0.3 --set importance.kind=taylor --out {tmp}/a",
+    "prune --recipe recipes/quickstart.yaml [--set prune.macs_ratio=0.5 --set importance.kind=taylor] [--out DIR]":
+        "run: --recipe recipes/quickstart.yaml --set prune.macs_ratio=0.5 --set importance.kind=taylor --out {tmp}/a",
     "prune recipes": "run",
     "prune --recipe vit_b16_50pct.yaml": "covered: test_pipeline.py::test_vit_b16_recipe_mechanics_at_full_size",
     "prune export runs/quickstart --out quickstart.onnx": "run",
@@ -53,15 +53,15 @@ EXAMPLES = {
     "prune --recipe cifar10_vit_tiny_50pct.yaml --set model.name=models/mine --set data.source=path/to/parquet_dir "
     "--out runs/mine": "run",
     # CIFAR-10 by name needs the hub: the local CIFAR-shaped parquet shards instead
-    "prune --recipe recipes/cifar10_vit_tiny_50pct.yaml --set 'prune.classes=[cat,dog]' --set prune.ratio=0.9 "
+    "prune --recipe recipes/cifar10_vit_tiny_50pct.yaml --set 'prune.classes=[cat,dog]' --set prune.macs_ratio=0.8 "
     "--set importance.kind=path_attribution ...":
-        "run: --recipe recipes/cifar10_vit_tiny_50pct.yaml --set prune.classes=[3,5] --set prune.ratio=0.9 "
+        "run: --recipe recipes/cifar10_vit_tiny_50pct.yaml --set prune.classes=[3,5] --set prune.macs_ratio=0.8 "
         "--set importance.kind=path_attribution --set model.name=models/mine --set data.source={data} --out {tmp}/c",
-    "prune specialize runs/cifar10_vit_tiny_50pct --classes cat,dog --set prune.ratio=0.9": "run",
-    "prune specialize runs/cifar10 --classes cat,dog --set prune.ratio=0.9":
-        "run: specialize runs/cifar10_vit_tiny_50pct --classes 3,5 --set prune.ratio=0.9 --out {tmp}/s2",
+    "prune specialize runs/cifar10_vit_tiny_50pct --classes cat,dog --set prune.macs_ratio=0.8": "run",
+    "prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.8":
+        "run: specialize runs/cifar10_vit_tiny_50pct --classes 3,5 --set prune.macs_ratio=0.8 --out {tmp}/s2",
     "prune specialize RUN --classes cat,dog": "covered: the specialize examples above",
-    "prune --recipe quickstart.yaml [--set prune.ratio=0.3 ...] [--out DIR]": "covered: the first README example",
+    "prune --recipe quickstart.yaml [--set prune.macs_ratio=0.5 ...] [--out DIR]": "covered: the first README example",
     "prune convert MODEL --out DIR": "covered: the convert examples above",
     "prune paths ...": "covered: the paths examples below",
     "prune export TARGET": "covered: the export examples above",
@@ -77,12 +77,9 @@ EXAMPLES = {
     "prune recipes && prune --recipe quickstart.yaml": "covered: the README's prune recipes and first examples",
     "prune plan --recipe R": "covered: the plan example below",
     # two of the four targets keep it short; test_sweep.py covers a sweep, its front and a target added later
-    "prune --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set \"prune.macs_ratio=[0.3,0.5,0.6,0.7]\" "
-    "--out runs/sweep":
-        "run: --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set prune.macs_ratio=[0.3,0.6] "
-        "--out {tmp}/sweep",
-    "prune plan --recipe recipes/quickstart.yaml --set prune.units=[ffn,heads] --set \"prune.macs_ratio=[0.5,0.7]\" "
-    "--out runs/sweep": "run",
+    "prune --recipe recipes/quickstart.yaml --set \"prune.macs_ratio=[0.3,0.5,0.6,0.7]\" --out runs/sweep":
+        "run: --recipe recipes/quickstart.yaml --set prune.macs_ratio=[0.3,0.6] --out {tmp}/sweep",
+    "prune plan --recipe recipes/quickstart.yaml --set \"prune.macs_ratio=[0.5,0.7]\" --out runs/sweep": "run",
     # a measured table's reachability depends on how busy the machine is: that test uses a table from MACs
     "prune plan --recipe quickstart.yaml --set 'prune.units=[ffn,heads]' --set prune.latency_ratio=0.4 "
     "--set prune.max_layer_ratio=1.0":

@@ -79,6 +79,7 @@ def test_a_recipe_with_a_latency_target_plans_and_records_its_prediction(tmp_pat
     monkeypatch.setattr(lat, "measure_table", synthetic_table)
     sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
             "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.3", "prune.max_layer_ratio=1.0",
+            "prune.macs_ratio=null",
             "prune.latency.ffn_step=128"]
     out = tmp_path / "run"
     assert main(["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
@@ -99,7 +100,8 @@ def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(lat, "measure_table", synthetic_table)
     sets = ["importance.calibration_images=64", "data.eval_images=120", "finetune.epochs=0", "export.enabled=false",
-            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.4", "prune.max_layer_ratio=1.0"]
+            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=0.4", "prune.max_layer_ratio=1.0",
+            "prune.macs_ratio=null"]
     out = tmp_path / "run"
     argv = ["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]
     assert main(["plan", *argv]) == 0
@@ -112,5 +114,6 @@ def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model
     pr = json.loads((out / "prune/prune.json").read_text())
     assert pr["macs_pruned"] == plan["macs_planned"] and pr["plan"] == plan
     assert [b["ffn"] for b in plan["blocks"]] == pr["units"]["ffn"]["widths"]
-    assert main(["plan", *argv[:-4], "--set", "prune.latency_ratio=0.9"]) == 2  # unreachable: refused before work
+    assert main(["plan", *argv, "--set", "prune.latency_ratio=0.9", "--set", "prune.max_layer_ratio=0.9"]) == 2
+    # unreachable under the default caps: refused before work
     assert "unreachable" in capsys.readouterr().err

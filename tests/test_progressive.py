@@ -119,7 +119,7 @@ def test_class_balanced_mean_weights_classes_equally():
 
 SMALL = ["paths.images_per_class=3", "paths.steps=2", "importance.calibration_images=32", "data.eval_images=60",
          "finetune.epochs=0", "export.enabled=false", "bench.enabled=false", "importance.kind=path_attribution",
-         "prune.mode=progressive"]
+         "prune.mode=progressive", "prune.units=[ffn]", "prune.macs_ratio=null"]  # half of every block's FFN
 
 
 def run(tmp_path, out, *extra):

@@ -17,7 +17,8 @@ import pytest
 from prune.cli import main
 
 SMALL = ["paths.images_per_class=2", "paths.steps=2", "importance.calibration_images=32", "data.eval_images=40",
-         "importance.kind=path_frequency", "finetune.epochs=1", "finetune.train_images=64", "bench.enabled=false"]
+         "importance.kind=path_frequency", "finetune.epochs=1", "finetune.train_images=64", "bench.enabled=false",
+         "export.quantize=[]"]
 STAGES = ["paths", "importance", "prune", "baseline", "evaluate", "finetune", "export", "report"]
 # what reads what (the stages' `reads`): a damaged stage is rebuilt with everything downstream of it
 DOWNSTREAM = {"paths": {"importance", "prune", "evaluate", "finetune", "export", "report"},

@@ -52,7 +52,7 @@ def test_front_and_recommendation_match_their_definitions():
 
 @pytest.mark.parametrize("sets, msg", [
     (["prune.macs_ratio=[0.3,0.3]"], "lists a target twice"),
-    (["prune.macs_ratio=[0.3,1.2]"], "must be a number in (0, 1)"),
+    (["prune.macs_ratio=[0.3,1.2]"], "recipe key prune.macs_ratio: must be in (0, 1), or a list of such values"),
     (["prune.macs_ratio=[]"], "a sweep lists 1 to 16 targets"),
     (["prune.ratio=[0.3,0.4]", "prune.macs_ratio=[0.2,0.3]"], "sweep one target"),
     (["prune.ratio=[0.3,0.4]", "prune.macs_ratio=0.3"], "sweep prune.macs_ratio instead"),
