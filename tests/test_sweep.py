@@ -56,7 +56,8 @@ def test_front_and_recommendation_match_their_definitions():
     (["prune.macs_ratio=[]"], "a sweep lists 1 to 16 targets"),
     (["prune.ratio=[0.3,0.4]", "prune.macs_ratio=[0.2,0.3]"], "sweep one target"),
     (["prune.ratio=[0.3,0.4]", "prune.macs_ratio=0.3"], "sweep prune.macs_ratio instead"),
-    (["prune.ratio=[0.3,0.95]"], "with prune.ratio 0.95: prune.max_layer_ratio 0.9 < prune.ratio 0.95"),
+    (["prune.macs_ratio=null", "prune.max_layer_ratio=0.9", "prune.ratio=[0.3,0.95]"],
+     "with prune.ratio 0.95: prune.max_layer_ratio 0.9 < prune.ratio 0.95"),
 ])
 def test_bad_sweeps_are_refused_with_the_target_that_fails(sets, msg):
     with pytest.raises(ConfigError, match=None) as e:
@@ -65,10 +66,10 @@ def test_bad_sweeps_are_refused_with_the_target_that_fails(sets, msg):
 
 
 def test_a_sweep_is_one_scalar_recipe_per_target():
-    r = load_recipe("quickstart", ["prune.latency_ratio=[0.2,0.4]"])
+    r = load_recipe("quickstart", ["prune.macs_ratio=null", "prune.latency_ratio=[0.2,0.4]"])
     assert [(label, t.prune.latency_ratio) for label, t in r.sweep()] == [("latency_ratio-0.2", 0.2),
                                                                           ("latency_ratio-0.4", 0.4)]
-    assert load_recipe("quickstart", ["prune.ratio=0.3"]).sweep()[0][0] is None
+    assert load_recipe("quickstart", ["prune.macs_ratio=null", "prune.ratio=0.3"]).sweep()[0][0] is None
 
 
 def test_a_sweep_shares_what_no_target_changes_and_a_new_target_reuses_it(tmp_path, capsys):
