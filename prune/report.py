@@ -61,18 +61,17 @@ def latency_engine(m: dict) -> str | None:
 
 def summary_points(m: dict, target: str | None = None) -> list[dict]:
     """Every artifact of a run with a latency on its front's engine, as `front` points: top-1, median ms
-    and speed-up over the dense model per batch size, and the files its figures were measured on."""
+    and speed-up over the dense model per batch size, and the files its figures were measured on. A run
+    that measured no latency gives every artifact, with no ms."""
     eng = latency_engine(m)
-    if eng is None:
-        return []
-    lat, where = m["latency"][eng], m.get("measured_on", {})
+    lat, where = (m["latency"][eng] if eng else {}), m.get("measured_on", {})
     final = run_artifacts(m)[-1].name  # its ONNX file is the one whose latency every pruned artifact shares
     points = []
     for row in artifact_rows(m):
-        key = row["latency"].get(eng)
-        if key is None:
+        key = row["latency"].get(eng) if eng else None
+        if key is None and eng:
             continue
-        ms = {b: v["median_ms"] for b, v in lat[key].items()}
+        ms = {b: v["median_ms"] for b, v in lat[key].items()} if key else {}
         accuracy_file = where.get("accuracy", {}).get(row["name"]) or where.get("onnx", {}).get(row["name"])
         points.append({"target": target, "artifact": row["name"], "name": row["name"], "label": row["name"],
                        "top1": row["top1"],
@@ -80,7 +79,8 @@ def summary_points(m: dict, target: str | None = None) -> list[dict]:
                        "speedup": {b: lat["dense"][b]["median_ms"] / v for b, v in ms.items()},
                        "int8": "int8" in row["name"], "dense": row["structure"] == "dense",
                        "shipped": row["name"] in (final, "dense") or "int8" in row["name"],
-                       "files": {"accuracy": accuracy_file, "latency": where.get("latency", {}).get(eng, {}).get(key)}})
+                       "files": {"accuracy": accuracy_file,
+                                 "latency": where.get("latency", {}).get(eng, {}).get(key) if key else None}})
     return points
 
 
@@ -186,11 +186,11 @@ def plot_all(m: dict, stats_path: Path | None, out_dir: Path, classes: int = 4) 
         plt.close(fig)
         made.append(name)
 
-    points = summary_points(m)
+    eng = latency_engine(m)
+    points = summary_points(m) if eng else []
     if points:
         from .front import plot_front
 
-        eng = latency_engine(m)
         batches = sorted(m["latency"][eng]["dense"], key=int)
         plot_front(points, batches, out_dir / "accuracy_vs_latency.png", eng)
         made.append("accuracy_vs_latency.png")

@@ -59,8 +59,10 @@ def summarise(summaries: dict[str, dict], max_drop: float) -> dict:
 
 
 def render_markdown(s: dict, swept: str) -> str:
-    b, bs = s["batch_sizes"][0], s["batch_sizes"]
     lines = [f"# Sweep over prune.{swept}: {', '.join(t.rsplit('-', 1)[1] for t in s['targets'])}", ""]
+    if not s["batch_sizes"]:
+        return "\n".join(lines + _accuracy_only(s))
+    b, bs = s["batch_sizes"][0], s["batch_sizes"]
     rec = s["recommended"]
     if rec is None:
         lines += [f"No artifact is within {s['max_drop'] * 100:.1f} points of dense top-1 "
@@ -87,6 +89,16 @@ def render_markdown(s: dict, swept: str) -> str:
               "target's measurement. Each target's own report: `targets/<target>/report/report.md`. "
               "Plot: ![front](front.png)", ""]
     return "\n".join(lines)
+
+
+def _accuracy_only(s: dict) -> list[str]:
+    """The table of a sweep whose targets measured no latency (`bench.enabled: false`): no front, no pick."""
+    lines = ["No latency was measured (`bench.enabled: false`), so there is no front and no recommendation: "
+             "run again with the bench on (`--update` reuses every other stage).", "",
+             "| point | top-1 | vs dense |", "|---|---|---|"]
+    for p in s["points"]:
+        lines.append(f"| {p['name']} | {p['top1']:.4f} | {(p['top1'] - s['dense_top1']) * 100:+.2f} |")
+    return lines + [""]
 
 
 def build(summaries: dict[str, dict], recipe, out: Path) -> dict:

@@ -114,3 +114,16 @@ def test_a_sweep_shares_what_no_target_changes_and_a_new_target_reuses_it(tmp_pa
     assert main(["bench", str(out), "--repeats", "2"]) == 2
     err = capsys.readouterr().err
     assert "is a sweep over prune.macs_ratio" in err and "macs_ratio-0.4" in err
+
+
+def test_a_sweep_without_the_bench_reports_accuracy_and_no_front(tmp_path, capsys):
+    out = tmp_path / "nobench"
+    assert run(out, "[0.3,0.5]", "--set", "bench.enabled=false", "--set", "export.enabled=false") == 0
+    assert "no latency was measured" in capsys.readouterr().out
+    s = json.loads((out / "sweep/sweep.json").read_text())
+    assert s["batch_sizes"] == [] and s["recommended"] is None and not (out / "sweep/front.png").exists()
+    md = (out / "sweep/sweep.md").read_text()
+    assert "No latency was measured" in md
+    for p in s["points"]:  # every point's row, with its own top-1
+        assert f"| {p['name']} | {p['top1']:.4f} |" in md
+    assert {"0.3 pruned", "0.5 pruned", "dense"} <= {p["name"] for p in s["points"]}
