@@ -214,7 +214,7 @@ class Bench:
     def _save(self, name: str, model, kept) -> None:
         """The ONNX file (latency phase) and, for prune's own methods, the pruned-model directory."""
         from prune.export import export_onnx
-        from prune.pruning import save_pruned
+        from prune.checkpoint import save_pruned
         from prune.units import get_unit
 
         export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")

@@ -554,8 +554,8 @@ def _run_export(args) -> int:
 
     import torch
 
+    from .checkpoint import is_pruned_dir, load_pruned
     from .export import export_checked
-    from .pruning import load_pruned
 
     target = Path(args.target)
     _check_options(args, "export", "opset", "atol", "max_int8_drop")
@@ -571,7 +571,7 @@ def _run_export(args) -> int:
         from .artifacts import final_model_dir
 
         model_dir = final_model_dir(target)
-    elif (target / "structure.json").is_file():
+    elif is_pruned_dir(target):
         model_dir = target
     else:
         raise _usage(f"{target} is neither a run directory (recipe.yaml) nor a pruned-model directory "
@@ -730,15 +730,14 @@ def _run_convert(args) -> int:
             except (ValueError, AssertionError):
                 raise _usage(f"--{key} must be three numbers separated by commas, not {v!r}") from None
     import timm
-    from safetensors.torch import save_file
     from timm.data import resolve_data_config
 
-    from .io import write_json
-    from .models import ViTAdapter, _create, _load_weights
+    from .checkpoint import load_weights, write_model_dir
+    from .models import ViTAdapter, _create
 
     model = _create(timm, args.model, pretrained=args.pretrained, **kwargs)
     if ckpt is not None:
-        _load_weights(model, ckpt, f"{args.model} {kwargs}")
+        load_weights(model, ckpt, f"{args.model} {kwargs}")
     ViTAdapter(model.eval())  # a ViT prune can prune, or one error line naming what it lacks
     cfg = resolve_data_config(model=model)
     config = {"architecture": args.model, "model_kwargs": kwargs,
@@ -748,8 +747,7 @@ def _run_convert(args) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        write_json(tmp / "config.json", config)
+        write_model_dir(tmp, model.state_dict(), config)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

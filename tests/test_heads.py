@@ -13,7 +13,8 @@ from prune.budget import PruneSettings, allocate_macs, max_removable_macs
 from prune.errors import ConfigError
 from prune.gates import block_attribution, first_order_tables, unit_masks
 from prune.models import ModelSpec
-from prune.pruning import check_budget, count_params_macs, load_pruned, plan_keep, prune_units, save_pruned, tokens
+from prune.checkpoint import load_pruned, save_pruned
+from prune.pruning import check_budget, count_params_macs, plan_keep, prune_units, tokens
 from prune.units import FFN, HEADS, is_empty
 
 KW = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=5)

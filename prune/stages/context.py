@@ -20,7 +20,7 @@ from ..artifacts import shipped
 from ..card import ModelCard
 from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
-from ..pruning import load_pruned
+from ..checkpoint import load_pruned
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
 from ..units import Unit, get_unit

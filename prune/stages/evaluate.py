@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import dist
 from ..io import write_json
-from ..pruning import load_pruned
+from ..checkpoint import load_pruned
 from . import prune
 
 NAME = "evaluate"

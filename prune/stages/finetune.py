@@ -15,8 +15,7 @@ from .. import dist
 from ..artifacts import input_stage
 from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
-from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
+from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 
 NAME = "finetune"
 DISTRIBUTED = True

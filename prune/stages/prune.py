@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from ..io import write_json
 from ..plan import block_plan
-from ..pruning import count_params_macs, plan_keep, prune_units, save_pruned
+from ..checkpoint import save_pruned
+from ..pruning import count_params_macs, plan_keep, prune_units
 from ..units import FFN
 from . import importance
 

@@ -12,8 +12,7 @@ import torch
 
 from .. import dist
 from ..io import write_json
-from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
+from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..reconstruct import blockwise, refit
 from . import prune
 from .context import device
