@@ -25,7 +25,7 @@ from .card import ModelCard
 from .card import write as write_card
 from .errors import ConfigError
 from .io import atomic_path, load_safetensors, read_text, write_json
-from .pruning import count_params_macs
+from .budget.costs import count_params_macs
 from .units import FFN, UNITS
 
 STRUCTURE_FILE = "structure.json"  # a pruned-model directory's own description

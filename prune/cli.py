@@ -294,7 +294,7 @@ def _run_bench(args) -> int:
                         torch_runner, write_csv)
     from .export import export_onnx
     from .io import write_json
-    from .pruning import count_params_macs
+    from .budget import count_params_macs
 
     try:
         sizes = [int(v) for v in args.batch_sizes.split(",")]
@@ -439,7 +439,7 @@ def _run_plan(args) -> int:
 
     from .io import write_json
     from .pipeline import Pipeline
-    from .plan import render
+    from .budget import render
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)

@@ -7,12 +7,10 @@ at the unit's own layer, so nothing outside the units' layers changes shape.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .budget import PruneSettings, allocate_latency, allocate_macs, kept_counts, kept_indices
+from .budget.allocate import PruneSettings, kept_counts, kept_indices
 from .errors import ConfigError
 from .units import FFN, Unit, dependency_graph
 
@@ -57,75 +55,7 @@ def prune_units(model: nn.Module, unit: Unit, table: torch.Tensor, settings: Pru
     return kept_idx
 
 
-def tokens(model: nn.Module) -> int:
-    """Tokens every block sees: patches plus prefix (CLS, registers) tokens."""
-    return int(model.patch_embed.num_patches) + int(getattr(model, "num_prefix_tokens", 0))
-
-
-def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: PruneSettings,
-              example_inputs: torch.Tensor, latency=None) -> dict[str, list[int]]:
-    """Units each block keeps, per kind: `kept_counts` of each kind's table (`prune.ratio`), or with
-    `macs_ratio` one ranking of every kind by score per MAC (`allocate_macs`) until that share of the
-    dense model's MACs (`count_params_macs`) is removed, or with `latency_ratio` by score per millisecond
-    on the measured `latency` table (`allocate_latency`)."""
-    widths = {u.kind: u.widths(model) for u in units}
-    if settings.latency_ratio is not None:
-        if latency is None:
-            raise ConfigError("prune.latency_ratio needs the measured latency table")
-        return allocate_latency(tables, widths, latency, latency.dense_ms * (1 - settings.latency_ratio), settings)
-    if settings.macs_ratio is None:
-        return {u.kind: kept_counts(tables[u.kind], widths[u.kind], settings, u.kind) for u in units}
-    costs = {u.kind: u.cost(model, tokens(model)) for u in units}
-    _, dense = count_params_macs(model, example_inputs)
-    return allocate_macs(tables, widths, costs, math.ceil(settings.macs_ratio * dense), settings, dense)
-
-
-def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor,
-                 latency=None) -> None:
-    """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
-    reachable under the caps does not depend on the scores, so a table of zeros answers it."""
-    zeros = {u.kind: torch.zeros(len(u.widths(model)), max(u.widths(model))) for u in units}
-    plan_keep(model, units, zeros, settings, example_inputs, latency)
-
-
 def prune_ffn(model: nn.Module, table: torch.Tensor, settings: PruneSettings, example_inputs: torch.Tensor,
               act_mean: torch.Tensor | None = None, keep: list[int] | None = None) -> list[list[int]]:
     """`prune_units` for FFN neurons."""
     return prune_units(model, FFN, table, settings, example_inputs, act_mean, keep)
-
-
-def count_params_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """Parameters and multiply-accumulates of one forward of `example_inputs`: every Linear and Conv2d, and
-    the attention matmuls (q k^T and attn v, tokens^2 x heads x head_dim each) of every module with `qkv`
-    and `num_heads`; element-wise work (norms, activations, softmax) is not counted. Exact per unit:
-    an FFN neuron costs tokens x (in + out), a head tokens x head_dim x (4 x dim + 2 x tokens)
-    (`Unit.cost`). Torch-Pruning's counter is not used because it counts a head-pruned timm attention's
-    output projection as square."""
-    macs = [0]
-
-    def linear(mod, inp, out):
-        macs[0] += inp[0].numel() // inp[0].shape[-1] * mod.in_features * mod.out_features
-
-    def conv(mod, inp, out):
-        k = mod.weight[0].numel()  # in_channels / groups x kernel area
-        macs[0] += out.numel() * k
-
-    def attention(mod, inp, out):
-        x = inp[0]
-        macs[0] += 2 * x.numel() // x.shape[-1] * x.shape[-2] * mod.num_heads * mod.head_dim
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear))
-        elif isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv))
-        elif hasattr(m, "qkv") and hasattr(m, "num_heads") and hasattr(m, "head_dim"):
-            hooks.append(m.register_forward_hook(attention))
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(p.numel() for p in model.parameters()), int(macs[0])
