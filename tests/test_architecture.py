@@ -129,3 +129,13 @@ def test_the_model_file_check_sees_a_planted_literal(tmp_path):
     tree = ast.parse('weights = path / "model.safetensors"\nmsg = "no structure.json here"')
     found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in MODEL_FILES]
     assert found == ["model.safetensors"]
+
+
+def test_only_the_artifacts_module_says_which_stage_holds_a_model():
+    """Stages load a model from the stage `prune.artifacts` names (`cut_stage`, `input_stage`, `final_stage`),
+    never from a stage they name themselves, so a new model-producing stage is one line in `artifacts.CHAIN`."""
+    named = re.compile(r"load_pruned\(\s*ctx\.run_dir\.path\(\s*(\w+\.NAME|[\"'])")
+    offenders = [str(p.relative_to(PACKAGE.parent)) for p in (PACKAGE / "stages").glob("*.py")
+                 if named.search(p.read_text())]
+    assert not offenders, f"stages loading a model from a stage they name: {offenders}"
+    assert named.search('load_pruned(ctx.run_dir.path(prune.NAME))')

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import artifacts, final_stage, shipped
+from ..artifacts import artifacts, cut_stage, final_stage, shipped
 from ..checkpoint import STRUCTURE_FILE, WEIGHTS_FILE
 from ..report import write_report
 from ..run import stage_key
@@ -40,7 +40,7 @@ def collect(ctx) -> dict:
     summary = {
         "recipe": r.name, "model": r.model.name, "data": r.data.source,
         "importance": r.importance.kind, "prune": r.prune.model_dump(),
-        "classes": read(prune.NAME, STRUCTURE_FILE).get("classes"),
+        "classes": read(cut_stage(r), STRUCTURE_FILE).get("classes"),
         "params": {"dense": pr["params_dense"], "pruned": pr["params_pruned"]},
         "macs": {"dense": pr["macs_dense"], "pruned": pr["macs_pruned"]},
         "ffn_widths": {"dense": pr["dense_widths"], "pruned": pr["widths"]},
