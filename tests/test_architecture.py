@@ -79,7 +79,8 @@ def test_the_graph_sees_relative_and_lazy_imports():
     graph = import_graph()
     assert "prune.units" in graph["prune.gates"]  # module level, relative
     assert "prune.stages.importance" in graph["prune.stages.prune"]  # `from . import importance`
-    assert "prune.artifacts" in graph["prune.cli"]  # inside a function
+    assert "prune.artifacts" in graph["prune.commands.bench"]  # inside a function
+    assert "prune.commands.bench" in graph["prune.cli"]  # `from .commands import bench`
 
 
 def test_no_import_circles_in_the_package():
