@@ -1,6 +1,6 @@
 """Heads and FFN neurons in one MACs budget, against FFN only, heads only and Torch-Pruning's ViT recipe.
 
-Every method removes a share of the dense model's MACs (`--targets`, counted by `prune.pruning.count_params_macs`):
+Every method removes a share of the dense model's MACs (`--targets`, counted by `prune.budget.count_params_macs`):
   ffn    prune's FFN-only global budget (activation_taylor scores, per-block cap 0.9: today's default)
   heads  attention heads only (activation_taylor scores, cap 1.0)
   both   heads and FFN neurons in one budget ranked by score per MAC (cap 1.0: a block may become a skip)
@@ -137,7 +137,8 @@ class Bench:
         """(pruned model, kept dict or None) for one method at one MACs target; None if unreachable."""
         from prune.budget import PruneSettings
         from prune.errors import ConfigError
-        from prune.pruning import plan_keep, prune_units
+        from prune.budget import plan_keep
+        from prune.pruning import prune_units
         from prune.units import FFN, HEADS
 
         if method == "tp":
@@ -156,7 +157,7 @@ class Bench:
 
     def tp_prune(self, target: float, graded):
         """Torch-Pruning's ViT recipe, its ratio bisected to remove at least `target` of the MACs."""
-        from prune.pruning import count_params_macs
+        from prune.budget import count_params_macs
 
         _, dense = count_params_macs(self.dense, self.example)
         lo, hi, best = 0.0, 0.95, None
@@ -175,7 +176,7 @@ class Bench:
     # ----------------------------------------------------------------------------------- phases
     def oneshot(self):
         from prune.export import export_onnx
-        from prune.pruning import count_params_macs
+        from prune.budget import count_params_macs
         from prune.units import FFN, HEADS
 
         path = self.out / "oneshot.csv"
@@ -214,7 +215,7 @@ class Bench:
     def _save(self, name: str, model, kept) -> None:
         """The ONNX file (latency phase) and, for prune's own methods, the pruned-model directory."""
         from prune.export import export_onnx
-        from prune.pruning import save_pruned
+        from prune.checkpoint import save_pruned
         from prune.units import get_unit
 
         export_onnx(model, self.example, self.out / "onnx" / f"{name}.onnx")

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
 
     from prune.export import export_onnx
     from prune.models import load_model
-    from prune.pruning import load_pruned
+    from prune.checkpoint import load_pruned
 
     dense, data_cfg, _ = load_model(args.model)
     models = {"dense": dense}

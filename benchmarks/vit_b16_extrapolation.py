@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     from prune.bench import measure, torch_runner
     from prune.models import load_model
     from prune.budget import PruneSettings
-    from prune.pruning import count_params_macs, prune_ffn
+    from prune.budget import count_params_macs
+    from prune.pruning import prune_ffn
     from prune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)

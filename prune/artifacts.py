@@ -50,6 +50,22 @@ def input_stage(recipe, stage: str) -> str:
     return stages[stages.index(stage) - 1]
 
 
+def input_artifact(recipe, stage: str) -> Artifact:
+    """The model `stage` (a model-producing stage) starts from."""
+    return artifact_of(input_stage(recipe, stage))
+
+
+def artifact_of(stage: str) -> Artifact:
+    """The model a stage of the chain holds."""
+    return next(a for a in CHAIN if a.stage == stage)
+
+
+def cut_stage(recipe) -> str:
+    """The stage that holds the one-shot cut, before any recovery: what evaluate measures and the other
+    stages of the chain start from."""
+    return model_stages(recipe)[0]
+
+
 def final_stage(recipe) -> str:
     """The stage whose model the run ships."""
     return model_stages(recipe)[-1]

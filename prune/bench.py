@@ -222,8 +222,8 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]:
     """What `prune bench` was pointed at: ("onnx", path, shape) or ("torch", model, shape)."""
+    from .checkpoint import is_pruned_dir, load_pruned
     from .models import load_model
-    from .pruning import load_pruned
 
     p = Path(target).expanduser()
     if p.suffix == ".onnx":
@@ -240,7 +240,7 @@ def load_any(target: str, **model_kwargs) -> tuple[str, object, tuple[int, ...]]
         if not all(isinstance(d, int) for d in shape):
             raise ConfigError(f"{p}: only the batch axis may be dynamic (input shape {shape})")
         return "onnx", p, tuple(shape)
-    if (p / "structure.json").is_file():
+    if is_pruned_dir(p):
         model, structure = load_pruned(p)
         return "torch", model, tuple(structure["data_config"].get("input_size") or (3, *model.patch_embed.img_size))
     model, data_cfg, _ = load_model(target, pretrained=False, **model_kwargs)  # weights do not change latency

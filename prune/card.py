@@ -2,11 +2,10 @@
 `structure.json` and `config.json`, the model's counted parameters and MACs, and what the caller knows
 (`ModelCard`: the base model as the recipe names it, the recipe, accuracies measured so far). Hub metadata
 sits in YAML front matter (`base_model`, `library_name: timm`, `license`, `tags`). It measures nothing:
-the counts come from `pruning.save_pruned`, the accuracies from the stages that measured them."""
+the counts come from `checkpoint.save_pruned`, the accuracies from the stages that measured them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,39 +34,6 @@ class ModelCard:
         return ModelCard(self.base_model, self.stage, self.recipe, {**self.accuracy, **acc}, self.eval_split, None)
 
 
-def base_model_facts(name: str | None) -> tuple[str | None, str | None]:
-    """`(hub id, license)` of a base model: a timm name's pretrained config (`timm/<name>.<tag>` and its
-    license), or a model directory's `config.json` keys `hf_hub_id` / `base_model` and `license`
-    (also inside its `pretrained_cfg`); `(None, None)` where unknown."""
-    if not name:
-        return None, None
-    from .models import resolve_model_dir
-
-    local = resolve_model_dir(name)
-    if local is not None:
-        try:
-            from .io import read_text
-
-            cfg = json.loads(read_text(local / "config.json", "model config"))
-        except Exception:  # noqa: BLE001 - a card never fails a run; load_model reports a bad config itself
-            return None, None
-        if not isinstance(cfg, dict):
-            return None, None
-        pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
-        hub = cfg.get("hf_hub_id") or cfg.get("base_model") or pcfg.get("hf_hub_id")
-        lic = cfg.get("license") or pcfg.get("license")
-        return (hub if isinstance(hub, str) else None), (lic if isinstance(lic, str) else None)
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001 - an unknown name has no facts
-        cfg = None
-    if cfg is None:
-        return None, None
-    return cfg.hf_hub_id or None, cfg.license or None
-
-
 def _front_matter(card: ModelCard, hub: str | None, license: str | None, arch: str) -> str:
     meta = {"base_model": hub or card.base_model or arch, "library_name": "timm", "pipeline_tag": "image-classification",
             "tags": TAGS}
@@ -77,10 +43,11 @@ def _front_matter(card: ModelCard, hub: str | None, license: str | None, arch: s
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def render(structure: dict, config: dict, params: int, macs: int, card: ModelCard | None = None) -> str:
-    """The card's Markdown."""
+def render(structure: dict, config: dict, params: int, macs: int, card: ModelCard | None = None,
+           facts: tuple[str | None, str | None] = (None, None)) -> str:
+    """The card's Markdown; `facts`: the base model's `(hub id, license)` (`checkpoint.base_model_facts`)."""
     card = card or ModelCard()
-    hub, license = base_model_facts(card.base_model)
+    hub, license = facts
     license = license or config.get("pretrained_cfg", {}).get("license")
     units = structure["units"]
     arch = structure["architecture"]
@@ -99,7 +66,7 @@ def render(structure: dict, config: dict, params: int, macs: int, card: ModelCar
               "```", "",
               f"`config.json` (timm's `local-dir:` format, architecture `{config.get('architecture')}`) records the "
               "base architecture and the kept width of every block; `structure.json` (prune's own description, "
-              "read by `prune.pruning.load_pruned`) also the kept unit indices. Weights: `model.safetensors`.", "",
+              "read by `prune.checkpoint.load_pruned`) also the kept unit indices. Weights: `model.safetensors`.", "",
               f"Preprocessing: input {tuple(pcfg.get('input_size', ()))}, mean {tuple(pcfg.get('mean', ()))}, "
               f"std {tuple(pcfg.get('std', ()))}, {pcfg.get('interpolation')} interpolation, crop_pct "
               f"{pcfg.get('crop_pct')}.", ""]
@@ -147,8 +114,9 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:.2f}"
 
 
-def write(path: str | Path, structure: dict, config: dict, params: int, macs: int, card: ModelCard | None = None) -> None:
+def write(path: str | Path, structure: dict, config: dict, params: int, macs: int, card: ModelCard | None = None,
+          facts: tuple[str | None, str | None] = (None, None)) -> None:
     from .io import atomic_path
 
     with atomic_path(Path(path) / "README.md") as tmp:
-        tmp.write_text(render(structure, config, params, macs, card))
+        tmp.write_text(render(structure, config, params, macs, card, facts))

@@ -15,12 +15,11 @@ def train_digits_vit(out_dir: str | Path, epochs: int = 60, seed: int = 0) -> di
     """Train the embedded digits ViT from scratch and write config.json + model.safetensors."""
     import timm
     import torch
-    from safetensors.torch import save_file
 
+    from .checkpoint import write_model_dir
     from .data import ImageDataset, make_transform
     from .digits import DIGITS_ARCH, DIGITS_KWARGS, DIGITS_MEAN, DIGITS_STD, digits_dataset
     from .finetune import TrainConfig, evaluate, train
-    from .io import atomic_path, write_json
     from .models import DataConfig
 
     torch.manual_seed(seed)
@@ -35,12 +34,10 @@ def train_digits_vit(out_dir: str | Path, epochs: int = 60, seed: int = 0) -> di
     acc = evaluate(model, torch.utils.data.DataLoader(test_set, batch_size=256))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     cfg = {"architecture": DIGITS_ARCH, "model_kwargs": DIGITS_KWARGS, "mean": list(DIGITS_MEAN),
            "std": list(DIGITS_STD), "dataset": "digits", "epochs": epochs, "seed": seed,
            "test_top1": acc["top1"], "test_images": acc["images"], "history": history}
-    write_json(out / "config.json", cfg)
+    write_model_dir(out, model.state_dict(), cfg)
     return cfg
 
 

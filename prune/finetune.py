@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import WEIGHTS_FILE, write_state
+
 
 @dataclass
 class TrainConfig:
@@ -117,7 +119,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, history
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.detach().contiguous().cpu() for i, st in opt["state"].items() for k, v in st.items()
                if torch.is_tensor(v)}
@@ -133,7 +135,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.load_state_dict(load_file(path / WEIGHTS_FILE))
     flat = load_file(path / "optimizer.safetensors")
     opt_state: dict = {}
     for key, v in flat.items():
@@ -222,12 +224,7 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
             return
         best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         if best_dir is not None and accelerator.is_main_process:
-            from safetensors.torch import save_file
-
-            from .io import atomic_path
-
-            with atomic_path(best_dir / "model.safetensors") as tmp:
-                save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp))
+            write_state(best_dir / WEIGHTS_FILE, best_state)
 
     if keep_best and start_epoch == 0:
         row = {"epoch": 0, **{f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()}}
@@ -294,7 +291,7 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
         if best_state is None:  # resumed: the best so far was written before the interruption
             from safetensors.torch import load_file
 
-            best_state = load_file(best_dir / "model.safetensors")
+            best_state = load_file(best_dir / WEIGHTS_FILE)
         accelerator.unwrap_model(model).load_state_dict(best_state)
     return history
 

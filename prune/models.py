@@ -8,19 +8,16 @@ of a model shipped with the package (`digits-vit`).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+# the model-directory format is checkpoint's; these names are re-exported for existing callers
+from .checkpoint import ASSETS, EMBEDDED_MODELS, ModelSpec, load_model_weights, read_model_config  # noqa: F401
+from .checkpoint import resolve_model_dir
 from .errors import ConfigError, UnsupportedModelError
-from .io import load_safetensors, read_text
 from .units.base import is_empty
-
-ASSETS = Path(__file__).parent / "assets"
-EMBEDDED_MODELS = {"digits-vit": ASSETS / "digits_vit"}
 
 
 @dataclass
@@ -38,24 +35,6 @@ class DataConfig:
                 "interpolation": self.interpolation, "crop_pct": self.crop_pct}
 
 
-@dataclass
-class ModelSpec:
-    """What is needed to rebuild a model without pickle: timm name + kwargs (+ weights file)."""
-
-    architecture: str
-    model_kwargs: dict = field(default_factory=dict)
-
-
-def resolve_model_dir(spec: str) -> Path | None:
-    """Return the local directory a spec names (embedded name or existing dir), else None."""
-    if spec in EMBEDDED_MODELS:
-        return EMBEDDED_MODELS[spec]
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    return None
-
-
 def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.Module, DataConfig, ModelSpec]:
     """Build a model in eval mode from a timm name or a local model directory.
 
@@ -69,29 +48,12 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         raise ConfigError(f"model directory {spec} does not exist; give a timm model name or a directory "
                           "with config.json and model.safetensors")
     if local is not None:
-        cfg_file, weights = local / "config.json", local / "model.safetensors"
-        if not _present(cfg_file):
-            raise ConfigError(f"model directory {local} has no config.json; it needs config.json "
-                              "(architecture, model_kwargs) and model.safetensors")
-        try:
-            cfg = json.loads(read_text(cfg_file, "model config"))
-        except (ValueError, UnicodeDecodeError, OSError) as e:
-            raise ConfigError(f"{cfg_file} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                              "it must hold architecture, model_kwargs and optionally mean/std") from None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
-            raise ConfigError(f"{cfg_file} has no 'architecture' key naming the timm model")
-        cfg = _prune_format(cfg)
-        if not isinstance(cfg.get("model_kwargs", {}), dict):
-            raise ConfigError(f"{cfg_file}: model_kwargs must be a mapping of timm.create_model arguments")
+        cfg = read_model_config(local)
         if cfg["architecture"] == "prune_vit":
             from . import timm_model  # noqa: F401  (registers prune_vit, a pruned model's architecture)
         kwargs = {**cfg.get("model_kwargs", {}), **overrides}
         model = _create(timm, cfg["architecture"], pretrained=False, **kwargs)
-        if _present(weights):  # a link to a device or a pipe is refused by the reader, not taken as absent
-            _load_weights(model, weights, f"{cfg['architecture']} {kwargs}")
-        elif pretrained:
-            raise ConfigError(f"model directory {local} has no model.safetensors "
-                              "(set pretrained=false to use random weights)")
+        load_model_weights(model, local, f"{cfg['architecture']} {kwargs}", pretrained)
         mspec = ModelSpec(cfg["architecture"], kwargs)
     else:
         model = _create(timm, spec, pretrained=pretrained, **overrides)
@@ -112,34 +74,6 @@ def load_model(spec: str, *, pretrained: bool = True, **overrides) -> tuple[nn.M
         crop_pct=float(cfg.get("crop_pct", 1.0 if local is not None else timm_cfg.get("crop_pct", 1.0))),
     )
     return model, data_cfg, mspec
-
-
-def _prune_format(cfg: dict) -> dict:
-    """A `config.json` in timm's format (`model_args`, preprocessing in `pretrained_cfg`: what timm's
-    `save_for_hf` and prune's pruned-model directories write) as prune's (`model_kwargs`, `mean`, `std`,
-    `interpolation`, `crop_pct` at the top); prune's own format unchanged."""
-    if "model_kwargs" in cfg or "model_args" not in cfg:
-        return cfg
-    pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
-    out = {k: pcfg[k] for k in ("mean", "std", "interpolation", "crop_pct") if pcfg.get(k) is not None}
-    return {**out, **cfg, "model_kwargs": cfg["model_args"]}
-
-
-def _present(path: Path) -> bool:
-    """Whether a directory entry exists at `path` (a file, a dangling link, a device...)."""
-    return path.exists() or path.is_symlink()
-
-
-def _load_weights(model: nn.Module, weights: Path, what: str) -> None:
-    """Load a safetensors file into `model`; a corrupt file or one that does not fit is a ConfigError."""
-    state = load_safetensors(weights)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shapes that do not fit
-        detail = next((l.strip() for l in str(e).splitlines() if "size mismatch" in l), str(e).splitlines()[0])
-        raise ConfigError(f"{weights} does not fit {what}: {detail}") from None
-    if missing or unexpected:
-        raise ConfigError(f"{weights} does not match {what}: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _create(timm, name: str, **kwargs) -> nn.Module:

@@ -130,7 +130,7 @@ class Pipeline:
         import torch
         from safetensors.torch import load_file
 
-        from .plan import block_plan
+        from .budget import block_plan
         from .stages.prune import planned_keep
 
         self.run(until=importance.NAME)

@@ -119,3 +119,16 @@ def judge(int8: str | Path, reference: tuple[np.ndarray, np.ndarray], batches: I
     drop = fp32_top1 - top1
     return {"top1": top1, "fp32_top1": fp32_top1, "agreement": float((p8 == p32).mean()), "images": int(len(y)),
             "drop": drop, "max_drop": max_drop, "within_threshold": bool(drop <= max_drop + 1e-12)}
+
+
+def quantize_and_judge(fp32: str | Path, mode: str, calibration, batches, reference, max_drop: float) -> tuple[Path, dict]:
+    """Quantise the ONNX file `fp32` with `mode` into the file beside it (`int8_name`), then judge the int8 file
+    against the fp32 predictions `reference` (`onnx_predictions`) on `batches()` (`judge`; its verdict is the
+    metadata's `int8`). `reference` None: not judged (no evaluation images). The export stage and
+    `prune export --quantize` both call this. Returns the int8 file and its metadata."""
+    fp32 = Path(fp32)
+    q = fp32.with_name(f"{int8_name(fp32.stem, mode)}.onnx")
+    meta = quantize_onnx(fp32, q, mode, calibration)
+    if reference is not None:
+        meta["int8"] = judge(q, reference, batches(), max_drop)
+    return q, meta

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .defaults import MAX_LAYER_RATIO, MIN_LAYER_RATIO
 from .errors import ConfigError
 
 PACKAGED = Path(__file__).parent / "recipes"
@@ -115,8 +116,8 @@ class PruneCfg(_Section):
     latency_ratio: float | list[float] | None = None  # share of the dense model's measured latency to remove
     latency: LatencyCfg = Field(default_factory=LatencyCfg)  # where latency_ratio is measured
     scope: Literal["uniform", "global"] = "global"  # the criterion's scores decide each block's width
-    max_layer_ratio: float | dict[str, float] = 0.9  # global: most of a block's units of a kind that may go (1: all)
-    min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: least of a block's units of a kind that must go
+    max_layer_ratio: float | dict[str, float] = MAX_LAYER_RATIO  # global: most of a block's units of a kind that may go (1: all)
+    min_layer_ratio: float | dict[str, float] = MIN_LAYER_RATIO  # macs_ratio: least of a block's units of a kind that must go
     round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind: {ffn: 64})
     compensate: Literal["none", "mean"] = "none"
     mode: Literal["oneshot", "progressive", "iterative"] = "oneshot"  # progressive: block l scored with blocks < l pruned
@@ -311,7 +312,7 @@ class Recipe(_Section):
             if extra:
                 raise ValueError(f"prune.{key} names {', '.join(extra)}, which prune.units {p.units} does not prune")
         if (p.macs_ratio is None and p.latency_ratio is None and p.scope == "global"
-                and min(caps.get(k, 0.9) for k in p.units) < p.ratio):
+                and min(caps.get(k, MAX_LAYER_RATIO) for k in p.units) < p.ratio):
             raise ValueError(f"prune.max_layer_ratio {p.max_layer_ratio} < prune.ratio {p.ratio}: "
                              "global pruning could not reach the ratio; raise max_layer_ratio")
         if p.ratio != PruneCfg.model_fields["ratio"].default and (p.macs_ratio is not None or p.latency_ratio is not None):

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .budget import PruneSettings, kept_indices
-from .pruning import plan_keep, prune_units
+from .budget import PruneSettings, kept_indices, plan_keep
+from .pruning import prune_units
 from .units import Unit
 
 

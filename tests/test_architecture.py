@@ -79,7 +79,8 @@ def test_the_graph_sees_relative_and_lazy_imports():
     graph = import_graph()
     assert "prune.units" in graph["prune.gates"]  # module level, relative
     assert "prune.stages.importance" in graph["prune.stages.prune"]  # `from . import importance`
-    assert "prune.artifacts" in graph["prune.cli"]  # inside a function
+    assert "prune.artifacts" in graph["prune.commands.bench"]  # inside a function
+    assert "prune.commands.bench" in graph["prune.cli"]  # `from .commands import bench`
 
 
 def test_no_import_circles_in_the_package():
@@ -99,3 +100,43 @@ def test_only_the_units_and_the_adapter_name_the_ffn_layers():
     offenders = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
                  if p not in allowed and re.search(r"mlp\.(fc1|fc2|act)\b", p.read_text())]
     assert not offenders, f"modules reaching into blocks[i].mlp directly: {offenders}"
+
+
+def test_pruning_is_surgery_and_does_not_import_the_criteria():
+    """Surgery builds its Torch-Pruning graph from `prune.units`; scores reach it as tables, never as criteria."""
+    edges = import_graph()["prune.pruning"]
+    assert not any(e == "prune.criteria" or e.startswith("prune.criteria.") for e in edges), edges
+    assert "prune.checkpoint" not in edges, "pruning.py is surgery only: saving and loading is checkpoint.py's"
+
+
+MODEL_FILES = ("structure.json", "model.safetensors")
+
+
+def test_only_the_checkpoint_module_names_the_model_files():
+    """A file name of a model format, as a string of its own (what a path is built from), is written in
+    `prune/checkpoint.py` only; everyone else uses its constants or its readers and writers. Longer
+    strings (messages, docstrings) may mention the names."""
+    offenders = []
+    for p in PACKAGE.rglob("*.py"):
+        if p == PACKAGE / "checkpoint.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and node.value in MODEL_FILES:
+                offenders.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}")
+    assert not offenders, f"model file names outside prune/checkpoint.py: {offenders}"
+
+
+def test_the_model_file_check_sees_a_planted_literal(tmp_path):
+    tree = ast.parse('weights = path / "model.safetensors"\nmsg = "no structure.json here"')
+    found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in MODEL_FILES]
+    assert found == ["model.safetensors"]
+
+
+def test_only_the_artifacts_module_says_which_stage_holds_a_model():
+    """Stages load a model from the stage `prune.artifacts` names (`cut_stage`, `input_stage`, `final_stage`),
+    never from a stage they name themselves, so a new model-producing stage is one line in `artifacts.CHAIN`."""
+    named = re.compile(r"load_pruned\(\s*ctx\.run_dir\.path\(\s*(\w+\.NAME|[\"'])")
+    offenders = [str(p.relative_to(PACKAGE.parent)) for p in (PACKAGE / "stages").glob("*.py")
+                 if named.search(p.read_text())]
+    assert not offenders, f"stages loading a model from a stage they name: {offenders}"
+    assert named.search('load_pruned(ctx.run_dir.path(prune.NAME))')

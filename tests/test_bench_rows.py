@@ -13,7 +13,9 @@ from prune.bench import ROW_COLUMNS, measure, torch_runner
 from prune.budget import PruneSettings
 from prune.cli import main
 from prune.models import ModelSpec
-from prune.pruning import count_params_macs, prune_units, save_pruned
+from prune.checkpoint import save_pruned
+from prune.budget import count_params_macs
+from prune.pruning import prune_units
 from prune.units import FFN
 
 TIMM_COLUMNS = ["model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",

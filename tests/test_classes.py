@@ -12,7 +12,7 @@ from prune.cli import main
 from prune.errors import ConfigError
 from prune.export import read_metadata
 from prune.paths import PathStats, locate_paths
-from prune.pruning import load_pruned
+from prune.checkpoint import load_pruned
 
 NAMES = ["airplane", "automobile", "bird", "cat"]
 

@@ -13,7 +13,9 @@ from prune.budget import PruneSettings, allocate_macs, max_removable_macs
 from prune.errors import ConfigError
 from prune.gates import block_attribution, first_order_tables, unit_masks
 from prune.models import ModelSpec
-from prune.pruning import check_budget, count_params_macs, load_pruned, plan_keep, prune_units, save_pruned, tokens
+from prune.checkpoint import load_pruned, save_pruned
+from prune.budget import check_budget, count_params_macs, plan_keep, tokens
+from prune.pruning import prune_units
 from prune.units import FFN, HEADS, is_empty
 
 KW = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=5)
@@ -275,3 +277,16 @@ def test_heads_and_neurons_run_end_to_end(tmp_path, capsys):
     spec = json.loads((root.parent / "run-classes-1-7" / "summary.json").read_text())
     assert spec["widths"]["heads"]["dense"] == [4] * 6 and spec["classes"] == [1, 7]
     assert spec["prune"]["units"] == ["ffn", "heads"] and 1 - spec["macs"]["pruned"] / spec["macs"]["dense"] >= 0.55
+
+
+def test_the_macs_cost_model_is_the_units_cost_and_the_counters_dense_total():
+    from prune.budget import MacsCost
+
+    model = vit()
+    cost = MacsCost(model, [FFN, HEADS], X[:1])
+    T = tokens(model)
+    assert cost.dense() == count_params_macs(model, X[:1])[1]
+    for unit in (FFN, HEADS):
+        per_unit = unit.cost(model, T)
+        assert [cost.saving(unit.kind, l, w) for l, w in enumerate(unit.widths(model))] == per_unit
+        assert cost.saving(unit.kind, 0, 1) == per_unit[0]  # a MAC saving does not depend on the width

@@ -206,7 +206,7 @@ def test_hostile_weights_in_a_model_directory_are_refused_before_safetensors(tmp
 def pruned_dir(tmp_path_factory):
     """A pruned-model directory (structure.json + model.safetensors) of a tiny random ViT."""
     from prune.models import ModelSpec
-    from prune.pruning import save_pruned
+    from prune.checkpoint import save_pruned
 
     from conftest import tiny_vit
 

@@ -117,3 +117,17 @@ def test_prune_plan_prints_the_cut_before_surgery_and_its_macs_are_the_cut_model
     assert main(["plan", *argv, "--set", "prune.latency_ratio=0.9", "--set", "prune.max_layer_ratio=0.9"]) == 2
     # unreachable under the default caps: refused before work
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_the_latency_cost_model_is_the_tables_step_and_allocates_as_the_table_does():
+    from prune.budget import CostModel, LatencyCost
+
+    t = table()
+    cost = LatencyCost(t)
+    assert isinstance(cost, CostModel) and cost.dense() == 10.0
+    assert cost.saving("heads", 0, 2) == pytest.approx(0.1) and cost.saving("heads", 0, 1) == pytest.approx(0.4)
+    assert cost.saving("ffn", 2, 64) == pytest.approx(0.2 / 32)
+    widths = {"ffn": [64] * 3, "heads": [2] * 3}
+    scores = {"ffn": torch.rand(3, 64, generator=torch.Generator().manual_seed(0)), "heads": torch.ones(3, 2)}
+    settings = PruneSettings(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
+    assert allocate_latency(scores, widths, cost, 9.5, settings) == allocate_latency(scores, widths, t, 9.5, settings)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from prune.cli import main
-from prune.pruning import load_pruned
+from prune.checkpoint import load_pruned
 
 SMALL = ["paths.images_per_class=3", "paths.steps=3", "importance.calibration_images=64", "data.eval_images=120",
          "finetune.epochs=0", "export.enabled=false", "bench.enabled=false",

@@ -10,7 +10,9 @@ from prune.criteria import CRITERIA, ImportanceContext, PathFrequency, PathTaylo
 from prune.gates import activation_stats
 from prune.models import ModelSpec
 from prune.paths import PathStats, locate_paths
-from prune.pruning import count_params_macs, load_pruned, prune_ffn, save_pruned
+from prune.checkpoint import load_pruned, save_pruned
+from prune.budget import count_params_macs
+from prune.pruning import prune_ffn
 from prune.units import FFN
 
 X = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))

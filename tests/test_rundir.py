@@ -193,7 +193,7 @@ def test_readers_of_damaged_files_give_one_error_line(finished, tmp_path, capsys
         assert line.startswith("prune: error: ") and needle in line, (argv, line)
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p.onnx").exists()
     from prune.errors import ConfigError
-    from prune.pruning import load_pruned
+    from prune.checkpoint import load_pruned
 
     with pytest.raises(ConfigError, match=needle.split()[-1]):
         load_pruned(run / "prune")

@@ -8,7 +8,7 @@ from conftest import trained_tiny_vit
 
 from prune.budget import PruneSettings, kept_indices
 from prune.cli import main
-from prune.pruning import plan_keep
+from prune.budget import plan_keep
 from prune.schedule import iterative_tables
 from prune.units import FFN, HEADS, is_empty, stack_rows
 

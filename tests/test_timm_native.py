@@ -19,7 +19,8 @@ from prune.budget import PruneSettings
 from prune.card import ModelCard
 from prune.data import make_transform
 from prune.models import DataConfig, ModelSpec, load_model
-from prune.pruning import load_pruned, prune_units, save_pruned
+from prune.checkpoint import load_pruned, save_pruned
+from prune.pruning import prune_units
 from prune.units import FFN, HEADS, is_empty
 
 KW = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0, num_classes=5)

@@ -132,7 +132,7 @@ def test_random_corruptions_never_trace_back_or_write(tmp_path, capsys, monkeypa
 
     ran = []
     monkeypatch.setattr(pipeline.Pipeline, "run", lambda self, force=frozenset(): ran.append(1) or {})
-    monkeypatch.setattr("prune.cli._print_summary", lambda s, out: None)
+    monkeypatch.setattr("prune.commands.recipe.print_summary", lambda s, out: None)
     rng = random.Random(0)
     outcomes = {0: 0, 2: 0}
     for n, (kind, text) in enumerate(mutations(QUICK.read_text(), rng)):

@@ -7,8 +7,9 @@ the importance stage saves and the prune stage ranks, so the pruner never depend
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..units import dependency_graph, unwrapped  # the graph helpers live with the units (surgery uses them too)
 from .attribution import Attribution
-from .base import Criterion, ImportanceContext, dependency_graph, tp_table, unwrapped
+from .base import Criterion, ImportanceContext, tp_table
 from .classic import ActivationStatistic, Magnitude, Random, Taylor
 from .paths import PathCoverage, PathFrequency, PathJAS, PathTaylor, block_ranks, lexicographic_ranks
 

@@ -11,21 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..paths import PathStats
-from ..units import ConstantBranch, Unit, stack_rows
-
-
-def unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """Bare parameters (CLS token, position embedding, an emptied branch's bias) live on the embedding axis,
-    never pruned here."""
-    bare = [p for n, p in model.named_parameters(recurse=False)]
-    bare += [m.bias for m in model.modules() if isinstance(m, ConstantBranch)]
-    return [(p, -1) for p in bare]
-
-
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of a timm ViT."""
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                 unwrapped_parameters=unwrapped(model))
+from ..units import Unit, dependency_graph, stack_rows
 
 
 @dataclass

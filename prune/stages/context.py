@@ -12,15 +12,15 @@ from typing import Callable
 import torch
 
 from .. import dist
+from ..artifacts import shipped
+from ..card import ModelCard
+from ..checkpoint import load_pruned
 from ..classes import class_names, resolve_classes, restrict_head
 from ..criteria import Criterion, scorers
 from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
 from ..errors import DataError
-from ..artifacts import shipped
-from ..card import ModelCard
 from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
-from ..pruning import load_pruned
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
 from ..units import Unit, get_unit
@@ -68,7 +68,7 @@ class RunContext:
 
     def check(self) -> None:
         """Checks that need the model but no work: the pruning target is reachable under its caps."""
-        from ..pruning import check_budget
+        from ..budget import check_budget
 
         model, data_cfg, _ = self.model()
         check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size),

@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import dist
+from ..artifacts import cut_stage
+from ..checkpoint import load_pruned
 from ..io import write_json
-from ..pruning import load_pruned
-from . import prune
 
 NAME = "evaluate"
 DISTRIBUTED = True
 
 
 def inputs(ctx) -> dict:
-    return {**ctx.eval_inputs(), "reads": [prune.NAME]}
+    return {**ctx.eval_inputs(), "reads": [cut_stage(ctx.r)]}
 
 
 def build(ctx, out: Path) -> dict:
     _, data_cfg, _ = ctx.model()
-    pruned, _ = load_pruned(ctx.run_dir.path(prune.NAME))
+    pruned, _ = load_pruned(ctx.run_dir.path(cut_stage(ctx.r)))
     info = {"pruned": ctx.accuracy(pruned, data_cfg, "pruned")}
     if dist.is_main():
         write_json(out / "metrics.json", info)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..artifacts import final_stage
 from ..export import deploy_metadata, export_checked
 from ..io import write_json
-from ..quantize import int8_name, judge, onnx_predictions, quantize_onnx
+from ..quantize import int8_name, onnx_predictions, quantize_and_judge
 
 NAME = "export"
 DISTRIBUTED = False
@@ -54,8 +54,7 @@ def _int8(ctx, out: Path, name: str, mode: str, data_cfg, batches, reference) ->
         loader = ctx.loader(r.data.train_split, data_cfg, e.calibration_images, seed=r.importance.seed)
         calibration = lambda: (x.cpu().numpy() for x, _ in ctx.batches(loader, "calibration"))  # noqa: E731
     q = int8_name(name, mode)
-    meta = quantize_onnx(out / f"{name}.onnx", out / f"{q}.onnx", mode, calibration)
-    meta["int8"] = judge(out / f"{q}.onnx", reference, batches(), e.max_int8_drop)
+    _, meta = quantize_and_judge(out / f"{name}.onnx", mode, calibration, batches, reference, e.max_int8_drop)
     meta["of"] = name
     j = meta["int8"]
     verdict = "" if j["within_threshold"] else (f"; loses more than {e.max_int8_drop * 100:.1f} points: "

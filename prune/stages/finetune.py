@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 from .. import dist
-from ..artifacts import input_stage
+from ..artifacts import input_artifact, input_stage
+from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
-from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
 
 NAME = "finetune"
 DISTRIBUTED = True
@@ -52,7 +51,8 @@ def build(ctx, out: Path) -> dict:
     spec = ModelSpec(structure["architecture"], structure["model_kwargs"])
     if dist.is_main():
         kept, dense_widths = structure_kept(structure)
-        refitted = ctx.stage_metrics("reconstruct").get("refitted") if input_stage(r, NAME) == "reconstruct" else None
+        source = input_artifact(r, NAME)
+        refitted = ctx.stage_metrics(source.stage).get("refitted") if source.name == "refitted" else None
         card = ctx.model_card(NAME, dense=ctx.stage_metrics("baseline").get("dense"),
                               pruned=ctx.stage_metrics("evaluate").get("pruned"), refitted=refitted)
         save_pruned(model, out, spec, kept, dense_widths, structure["data_config"], structure.get("classes"),

@@ -29,7 +29,7 @@ from ..gates import activation_stats
 from ..io import atomic_path, write_json
 from ..paths import PathStats
 from ..progressive import progressive_table
-from ..pruning import plan_keep
+from ..budget import plan_keep
 from ..reconstruct import refit
 from ..schedule import iterative_tables
 from .context import device

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..budget import block_plan, count_params_macs, plan_keep
+from ..checkpoint import save_pruned
 from ..io import write_json
-from ..plan import block_plan
-from ..pruning import count_params_macs, plan_keep, prune_units, save_pruned
+from ..pruning import prune_units
 from ..units import FFN
 from . import importance
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 
 from .. import dist
+from ..artifacts import input_stage
+from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..io import write_json
-from ..models import ModelSpec
-from ..pruning import load_pruned, save_pruned, structure_kept, write_model_card
 from ..reconstruct import blockwise, refit
-from . import prune
 from .context import device
 
 NAME = "reconstruct"
@@ -31,13 +30,13 @@ def inputs(ctx) -> dict | None:
               *(BLOCKWISE if p.reconstruct == "blockwise" else ())}
     return {**ctx.eval_inputs(), "split": ctx.r.data.train_split, "seed": ctx.r.importance.seed,
             "reconstruct": p.model_dump(include=fields),
-            "reads": [prune.NAME]}
+            "reads": [input_stage(ctx.r, NAME)]}
 
 
 def build(ctx, out: Path) -> dict:
     r, p = ctx.r, ctx.r.prune
     dense, data_cfg, _ = ctx.model()
-    model, structure = load_pruned(ctx.run_dir.path(prune.NAME))
+    model, structure = load_pruned(ctx.run_dir.path(input_stage(ctx.r, NAME)))
     loader = ctx.loader(r.data.train_split, data_cfg, p.reconstruct_images, r.importance.seed + 1, shard=True)
     model, dense = model.to(device()), dense.to(device())
     start = time.perf_counter()

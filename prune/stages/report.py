@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import artifacts, final_stage, shipped
+from ..artifacts import artifacts, cut_stage, final_stage, shipped
+from ..checkpoint import STRUCTURE_FILE, WEIGHTS_FILE
 from ..report import write_report
 from ..run import stage_key
 from . import baseline, bench, evaluate, export, finetune, importance, paths, prune, reconstruct
@@ -39,7 +40,7 @@ def collect(ctx) -> dict:
     summary = {
         "recipe": r.name, "model": r.model.name, "data": r.data.source,
         "importance": r.importance.kind, "prune": r.prune.model_dump(),
-        "classes": read(prune.NAME, "structure.json").get("classes"),
+        "classes": read(cut_stage(r), STRUCTURE_FILE).get("classes"),
         "params": {"dense": pr["params_dense"], "pruned": pr["params_pruned"]},
         "macs": {"dense": pr["macs_dense"], "pruned": pr["macs_pruned"]},
         "ffn_widths": {"dense": pr["dense_widths"], "pruned": pr["widths"]},
@@ -84,8 +85,8 @@ def measured_on(ctx, summary: dict) -> dict:
         files = json.loads((rd.path(stage) / "stage.json").read_text()).get("files", {})
         return {"path": f"{rd.place(stage)}/{name}", "sha256": files.get(name, {}).get("sha256")}
 
-    out = {"accuracy": {a.name: ref(a.stage, "model.safetensors") for a in artifacts(r)}}
-    models = {name: ref(a.stage, "model.safetensors") for name, a in shipped(r)}
+    out = {"accuracy": {a.name: ref(a.stage, WEIGHTS_FILE) for a in artifacts(r)}}
+    models = {name: ref(a.stage, WEIGHTS_FILE) for name, a in shipped(r)}
     if "onnx" in summary:
         out["onnx"] = {name: ref(export.NAME, f"{name}.onnx") for name in summary["onnx"]}
     if "latency" in summary:

@@ -3,6 +3,7 @@
 from ..errors import ConfigError
 from .base import ConstantBranch, Unit, is_empty, stack_rows
 from .ffn import FFNNeurons
+from .graph import dependency_graph, unwrapped
 from .head import AttentionHeads
 
 FFN = FFNNeurons()
@@ -16,4 +17,5 @@ def get_unit(kind: str) -> Unit:
     return UNITS[kind]
 
 
-__all__ = ["FFN", "HEADS", "UNITS", "ConstantBranch", "Unit", "get_unit", "is_empty", "stack_rows"]
+__all__ = ["FFN", "HEADS", "UNITS", "ConstantBranch", "Unit", "dependency_graph", "get_unit", "is_empty", "stack_rows",
+           "unwrapped"]

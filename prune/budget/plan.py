@@ -1,14 +1,46 @@
-"""The plan of a cut before any surgery: per block, the heads and FFN neurons kept, the MACs, and the
-predicted latency (when a measured table is at hand), with totals and the predicted speed-up. `prune
-plan` prints it, the prune stage records it, and the report shows it."""
+"""The plan of a cut before any surgery: how many units each block keeps under the recipe's budget
+(`plan_keep`, checked before any scoring by `check_budget`), and per block the heads and FFN neurons
+kept, the MACs and the predicted latency (`block_plan`), with totals and the predicted speed-up.
+`prune plan` prints it, the prune stage records it, and the report shows it."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from .pruning import count_params_macs, tokens
-from .units import FFN, HEADS, Unit
+from ..errors import ConfigError
+from ..units import FFN, HEADS, Unit
+from .allocate import PruneSettings, allocate_latency, allocate_macs, kept_counts
+from .costs import LatencyCost, MacsCost, count_params_macs, tokens
+
+
+def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: PruneSettings,
+              example_inputs: torch.Tensor, latency=None) -> dict[str, list[int]]:
+    """Units each block keeps, per kind: `kept_counts` of each kind's table (`prune.ratio`), or with
+    `macs_ratio` one ranking of every kind by score per MAC (`MacsCost`, `allocate_macs`) until that share
+    of the dense model's MACs (`count_params_macs`) is removed, or with `latency_ratio` by score per
+    millisecond on the measured `latency` table (`LatencyCost`, `allocate_latency`)."""
+    widths = {u.kind: u.widths(model) for u in units}
+    if settings.latency_ratio is not None:
+        if latency is None:
+            raise ConfigError("prune.latency_ratio needs the measured latency table")
+        cost = LatencyCost(latency)
+        return allocate_latency(tables, widths, cost, cost.dense() * (1 - settings.latency_ratio), settings)
+    if settings.macs_ratio is None:
+        return {u.kind: kept_counts(tables[u.kind], widths[u.kind], settings, u.kind) for u in units}
+    cost = MacsCost(model, units, example_inputs)
+    dense = cost.dense()
+    return allocate_macs(tables, widths, cost.per_unit, math.ceil(settings.macs_ratio * dense), settings, dense)
+
+
+def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor,
+                 latency=None) -> None:
+    """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
+    reachable under the caps does not depend on the scores, so a table of zeros answers it."""
+    zeros = {u.kind: torch.zeros(len(u.widths(model)), max(u.widths(model))) for u in units}
+    plan_keep(model, units, zeros, settings, example_inputs, latency)
 
 
 def block_plan(model: nn.Module, units: list[Unit], keep: dict[str, list[int]], example_inputs: torch.Tensor,

@@ -1,9 +1,10 @@
-"""Budgets: how many units each block keeps, and which ones.
+"""Allocation: how many units each block keeps, and which ones.
 
 `kept_counts` turns one kind's score table into per-block widths (uniform, or one ranking across
 blocks with a per-block cap); `allocate_macs` ranks every unit of every kind by score per MAC and
-removes the cheapest-to-lose until a share of the dense model's MACs is gone; `kept_indices` picks a
-block's survivors. Progressive scoring masks with the same rule the prune stage cuts with, so both
+removes the cheapest-to-lose until a share of the dense model's MACs is gone; `allocate_latency` does
+the same against a cost whose saving depends on the width (`costs.CostModel`, e.g. measured
+milliseconds); caps and floors (`removable`) bound every block; `kept_indices` picks a block's survivors. Progressive scoring masks with the same rule the prune stage cuts with, so both
 always agree.
 """
 
@@ -15,25 +16,27 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from ..defaults import MAX_LAYER_RATIO, MIN_LAYER_RATIO
+from ..errors import ConfigError
+from .costs import CostModel, LatencyCost
 
 
 @dataclass
 class PruneSettings:
     ratio: float = 0.5  # fraction of units removed
     scope: str = "uniform"  # "uniform": the same ratio in every block; "global": one ranking across blocks
-    max_layer_ratio: float | dict[str, float] = 0.9  # global: no block loses more than this fraction (per kind)
+    max_layer_ratio: float | dict[str, float] = MAX_LAYER_RATIO  # global: no block loses more than this fraction (per kind)
     round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind)
     compensate: str = "none"  # "mean": fold removed units' mean output into the next layer's bias
     macs_ratio: float | None = None  # share of the dense model's MACs to remove, across all kinds (replaces ratio)
-    min_layer_ratio: float | dict[str, float] = 0.0  # macs_ratio: every block loses at least this fraction (per kind)
+    min_layer_ratio: float | dict[str, float] = MIN_LAYER_RATIO  # macs_ratio: every block loses at least this fraction (per kind)
     latency_ratio: float | None = None  # share of the dense model's predicted latency to remove (`latency.py`)
 
     def cap(self, kind: str) -> float:
-        return per_kind(self.max_layer_ratio, kind, 0.9)
+        return per_kind(self.max_layer_ratio, kind, MAX_LAYER_RATIO)
 
     def floor(self, kind: str) -> float:
-        return per_kind(self.min_layer_ratio, kind, 0.0)
+        return per_kind(self.min_layer_ratio, kind, MIN_LAYER_RATIO)
 
 
 def per_kind(value: float | dict[str, float], kind: str, default: float) -> float:
@@ -88,12 +91,14 @@ def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]],
 def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int]], latency, target_ms: float,
                      settings: PruneSettings) -> dict[str, list[int]]:
     """Units each block keeps, per kind, so that the predicted latency (`latency.LatencyTable.predict`) is at
-    most `target_ms`.
+    most `target_ms`. `latency`: a `costs.LatencyCost`, or the measured table it adapts.
 
     Like `allocate_macs`, but a unit's cost is what removing it saves at its block's current width on the
-    measured table (the step to width 0, where the branch becomes its bias, included), so units are
-    ranked by score per millisecond and the ranking is updated as widths shrink. Floors and caps as there.
+    measured table (`CostModel.saving`; the step to width 0, where the branch becomes its bias, included),
+    so units are ranked by score per millisecond and the ranking is updated as widths shrink. Floors and
+    caps as there.
     """
+    cost = latency if isinstance(latency, CostModel) else LatencyCost(latency)
     kept, least, orders = {k: list(w) for k, w in widths.items()}, {}, {}
     for k in widths:
         for l, w in enumerate(widths[k]):
@@ -102,9 +107,9 @@ def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int
             orders[k, l] = (row.argsort(stable=True).tolist(), row)
             kept[k][l] = w - lo
             least[k, l] = w - hi
-    floor_ms = latency.predict({k: [least[k, l] for l in range(len(widths[k]))] for k in widths})
+    floor_ms = cost.predict({k: [least[k, l] for l in range(len(widths[k]))] for k in widths})
     if floor_ms > target_ms + 1e-9:
-        dense = latency.predict(widths)
+        dense = cost.predict(widths)
         reach = 1 - floor_ms / dense
         raise ConfigError(f"prune.latency_ratio {settings.latency_ratio} is unreachable: the caps (prune.max_layer_ratio) "
                           f"leave at least {floor_ms:.3f} ms of the dense {dense:.3f} ms; lower prune.latency_ratio to "
@@ -112,8 +117,7 @@ def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int
                           "unit of a kind), or add a kind to prune.units")
 
     def step(k: str, l: int) -> float:
-        n = kept[k][l]
-        return latency.branch(k, n) - latency.branch(k, n - 1)
+        return cost.saving(k, l, kept[k][l])
 
     heap = []
 
@@ -125,7 +129,7 @@ def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int
 
     for k, l in orders:
         push(k, l)
-    current = latency.predict(kept)
+    current = cost.predict(kept)
     while current > target_ms and heap:
         _, k, l = heapq.heappop(heap)
         current -= step(k, l)
