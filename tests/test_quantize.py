@@ -62,16 +62,16 @@ def test_artifacts_list_drives_bench_and_report(quantized_run):
 
 
 def test_a_threshold_breach_is_reported_and_fails_only_when_asked(tmp_path, capsys, monkeypatch):
-    from prune.stages import export as export_stage
+    from prune import quantize
 
-    real = export_stage.judge
+    real = quantize.judge  # the export stage judges through quantize.quantize_and_judge
 
     def worse(*a, **k):  # the int8 model as if it lost 30 points
         j = real(*a, **k)
         j.update(top1=j["fp32_top1"] - 0.3, drop=0.3, within_threshold=False)
         return j
 
-    monkeypatch.setattr(export_stage, "judge", worse)
+    monkeypatch.setattr(quantize, "judge", worse)
     assert run(tmp_path, "export.quantize=[dynamic]", "bench.enabled=false") == 0
     out = capsys.readouterr()
     assert "warning: pruned.int8-dynamic.onnx loses 30.00 points" in out.out
