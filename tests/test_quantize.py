@@ -57,7 +57,10 @@ def test_artifacts_list_drives_bench_and_report(quantized_run):
     report = (quantized_run / "report/report.md").read_text()
     for name in ort:
         assert f"| {name} |" in report
-    assert "top-1 agreement" in report and "Warning" not in report
+    assert "top-1 agreement" in report
+    # no int8 file breaks the threshold; a busy machine may add a latency-noise warning, which is not this test's
+    warned = [line for line in report.splitlines() if "Warning" in line]
+    assert all("latency is noisy" in line for line in warned), warned
     assert set(s["measured_on"]["onnx"]) == set(ort)
 
 
