@@ -53,11 +53,10 @@ def _int8(ctx, out: Path, name: str, mode: str, data_cfg, batches, reference) ->
     if mode == "static":
         loader = ctx.loader(r.data.train_split, data_cfg, e.calibration_images, seed=r.importance.seed)
         calibration = lambda: (x.cpu().numpy() for x, _ in ctx.batches(loader, "calibration"))  # noqa: E731
-    q = int8_name(name, mode)
-    _, meta = quantize_and_judge(out / f"{name}.onnx", mode, calibration, batches, reference, e.max_int8_drop)
+    q, meta = quantize_and_judge(out / f"{name}.onnx", mode, calibration, batches, reference, e.max_int8_drop)
     meta["of"] = name
     j = meta["int8"]
     verdict = "" if j["within_threshold"] else (f"; loses more than {e.max_int8_drop * 100:.1f} points: "
                                                 "not recommended for deployment")
-    ctx.log(f"[export] {q}.onnx: top1 {j['top1']:.4f} (fp32 {j['fp32_top1']:.4f}), agreement {j['agreement']:.4f}{verdict}")
+    ctx.log(f"[export] {q.name}: top1 {j['top1']:.4f} (fp32 {j['fp32_top1']:.4f}), agreement {j['agreement']:.4f}{verdict}")
     return meta
