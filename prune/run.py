@@ -92,7 +92,7 @@ TARGETS = "targets"  # a sweep's per-target stages live in targets/<label>/
 
 def _own(name: str) -> bool:
     """Files a starting run writes before recipe.yaml: they do not make a directory "not a run directory"."""
-    return name in (LOCK, HOLDER) or (name.startswith((f"{HOLDER}.", ".recipe.yaml.")) and name.endswith(".tmp"))
+    return name in (LOCK, HOLDER) or (name.startswith((f".{HOLDER}.", ".recipe.yaml.")) and name.endswith(".tmp"))
 
 
 def stage_key(inputs: dict) -> str:
@@ -113,8 +113,7 @@ class RunDir:
         existing = self.root / "recipe.yaml"
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} is a file; give a directory")
-        if (not existing.is_file() and self.root.exists()
-                and any(not _own(f.name) for f in self.root.iterdir())):
+        if not self._is_run_dir_or_new(existing):
             raise ConfigError(f"{self.root} exists and is not a prune run directory; choose another --out")
         self._take_lock()
         try:
@@ -128,6 +127,17 @@ class RunDir:
         except BaseException:
             self.close()
             raise
+
+    def _is_run_dir_or_new(self, existing: Path) -> bool:
+        """Whether `root` is absent, empty of all but a starting run's own files, or a run directory.
+
+        Checked before the lock, so that a foreign directory gets no lock file; a run starting beside us
+        writes recipe.yaml before any other file, so recipe.yaml is looked for *after* listing: a file
+        listed before recipe.yaml appeared can only be foreign (or the starting run's own)."""
+        if not self.root.exists():
+            return True
+        foreign = any(not _own(f.name) for f in self.root.iterdir())
+        return not foreign or existing.is_file()
 
     def _check_recipe(self, existing: Path, recipe: dict, update: bool) -> None:
         try:

@@ -142,6 +142,36 @@ def test_two_runs_on_one_directory_one_completes_and_the_other_stops_at_once(tmp
     assert all(f"[{s}] unchanged" in third.stdout for s in STAGES)
 
 
+def test_a_run_starting_beside_us_is_in_use_not_foreign(tmp_path, monkeypatch):
+    """The race the two-runs test hit once: a second run lists the directory while the first writes its
+    holder note, recipe.yaml and a stage; it must get "in use", not "not a prune run directory"."""
+    from prune import io
+    from prune.errors import ConfigError
+    from prune.run import HOLDER, RunDir
+
+    out = tmp_path / "racing"
+    out.mkdir()
+    with io.atomic_path(out / HOLDER):  # the holder note as the first run writes it (its temporary name)
+        RunDir(out, {"name": "second"}).close()  # a half-written holder note is a starting run's own file
+    (out / "recipe.yaml").unlink()
+
+    listing = Path.iterdir
+
+    def first_run_writes_meanwhile(self):
+        names = list(listing(self))
+        if self == out:  # between the listing and any later look, the first run gets ahead
+            (out / "recipe.yaml").write_text("name: first\n")
+            (out / ".paths.tmp").mkdir()
+            names = list(listing(self))
+        return iter(names)
+
+    monkeypatch.setattr(Path, "iterdir", first_run_writes_meanwhile)
+    from filelock import FileLock
+    with FileLock(str(out / ".lock"), timeout=0, thread_local=False):  # the first run holds the lock
+        with pytest.raises(ConfigError, match="in use by another prune run"):
+            RunDir(out, {"name": "second"})
+
+
 def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path, capsys):
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
