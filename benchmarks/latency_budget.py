@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from prune.cli import main as prune
+from prune.report import anchored_prediction
 
 
 def main(argv=None) -> None:
@@ -43,8 +44,10 @@ def main(argv=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["model", "budget", "target", "eval_images", "dense_top1", "pruned_top1", "final_top1", "macs_kept",
               "dense_ms", "pruned_ms", "speedup", "predicted_dense_ms", "predicted_pruned_ms", "prediction_error",
-              "noisy", "table_seconds", "run_seconds"]
+              "anchored_error", "noisy", "table_seconds", "run_seconds"]
     new = not path.exists()
+    if not new and path.read_text().split("\n", 1)[0].split(",") != fields:
+        raise SystemExit(f"{path} has other columns (an older version of this script); give a new --csv")
     sweeps = [("latency", args.latency_ratios), ("macs", args.macs_ratios)]
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -85,6 +88,8 @@ def _row(args, budget: str, t: float, out: Path, seconds: float) -> dict:
            "predicted_dense_ms": round(lp["dense_ms"], 4) if lp else None,
            "predicted_pruned_ms": round(lp["pruned_ms"], 4) if lp else None,
            "prediction_error": round(lp["pruned_ms"] / lat["pruned"]["1"]["median_ms"] - 1, 4) if lp else None,
+           "anchored_error": round(anchored_prediction(lp, lat["dense"]["1"]["median_ms"])
+                                   / lat["pruned"]["1"]["median_ms"] - 1, 4) if lp else None,
            "noisy": bool(s.get("bench", {}).get("noise", {}).get("onnxruntime", {}).get("noisy")),
            "table_seconds": round(table["seconds"], 1) if table else None,
            "run_seconds": seconds}

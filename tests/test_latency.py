@@ -90,6 +90,30 @@ def test_a_recipe_with_a_latency_target_plans_and_records_its_prediction(tmp_pat
     assert lp["pruned_ms"] == pytest.approx(t.predict({k: u["widths"] for k, u in pr["units"].items()}))
 
 
+def test_the_report_sets_the_prediction_beside_the_measurement_and_anchors_it_to_the_measured_dense(
+        tmp_path, monkeypatch):
+    """Predicted ms (the table's clock) and measured ms (the bench's) side by side; the anchored prediction is
+    the table's speed-up times the dense model the bench measured, a known identity."""
+    import re
+
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lat, "measure_table", synthetic_table)
+    sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.quantize=[]",
+            "bench.batch_sizes=[1]", "bench.repeats=3", "bench.pytorch=false", "prune.units=[ffn,heads]",
+            "prune.latency_ratio=0.3", "prune.max_layer_ratio=1.0", "prune.macs_ratio=null", "prune.latency.ffn_step=128"]
+    out = tmp_path / "run"
+    assert main(["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    lp = json.loads((out / "prune/prune.json").read_text())["latency_predicted"]
+    ort = json.loads((out / "summary.json").read_text())["latency"]["onnxruntime"]
+    dense, pruned = ort["dense"]["1"]["median_ms"], ort["pruned"]["1"]["median_ms"]
+    line = next(l for l in (out / "report/report.md").read_text().splitlines() if l.startswith("Latency budget"))
+    assert f"predicted {lp['dense_ms']:.3f} ms dense, {lp['pruned_ms']:.3f} ms pruned" in line
+    assert f"measured {dense:.3f} and {pruned:.3f} ms" in line
+    anchored = float(re.search(r"once anchored to the dense model measured beside it: ([0-9.]+) ms", line).group(1))
+    assert anchored == pytest.approx(dense * lp["pruned_ms"] / lp["dense_ms"], abs=1e-3)
+    assert f"{(dense * lp['pruned_ms'] / lp['dense_ms']) / pruned - 1:+.1%} once anchored" in line
+
+
 def test_latency_and_macs_targets_are_exclusive(tmp_path, capsys):
     assert main(["--recipe", "quickstart.yaml", "--out", str(tmp_path / "x"), "--set", "prune.latency_ratio=0.5",
                  "--set", "prune.macs_ratio=0.5"]) == 2
