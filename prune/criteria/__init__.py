@@ -12,6 +12,7 @@ from .attribution import Attribution
 from .base import Criterion, ImportanceContext, tp_table
 from .classic import ActivationStatistic, Magnitude, Random, Taylor
 from .paths import PathCoverage, PathFrequency, PathJAS, PathTaylor, block_ranks, lexicographic_ranks
+from .refit import RefitError
 
 _taylor = Taylor(normalizer="mean")
 _path_frequency = PathFrequency()
@@ -40,6 +41,7 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     ActivationStatistic("activation_variance", "var",
                         "variance of a_l[d] over all tokens of the calibration images: a low-variance neuron is "
                         "nearly constant, which mean compensation folds into fc2's bias"),
+    RefitError(),
     Random(),
 )}
 
@@ -85,5 +87,5 @@ def scorers(kind: str, budget_kind: str | None, units: list[str], *, across_bloc
 
 
 __all__ = ["CRITERIA", "DEFAULT_BUDGET_KIND", "Attribution", "ActivationStatistic", "Criterion", "ImportanceContext", "Magnitude",
-           "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "Taylor",
+           "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "RefitError", "Taylor",
            "block_ranks", "dependency_graph", "get_criterion", "lexicographic_ranks", "scorers", "tp_table", "unwrapped"]
