@@ -45,6 +45,34 @@ def test_allocation_meets_the_target_by_score_per_millisecond():
         allocate_latency(scores, widths, t, 0.1, PruneSettings(scope="global", max_layer_ratio=0.5, latency_ratio=0.99))
 
 
+def test_each_kind_is_calibrated_on_a_whole_model_probe_and_the_prediction_is_exact_there(monkeypatch):
+    """Isolated branch steps scaled so that the prediction equals the measured whole-model probes (every
+    attention emptied; every FFN at a quarter width), and still equals the measured dense model. The clock is
+    replaced by known times, so the arithmetic is checked, not the machine."""
+    from prune import bench
+
+    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn32": 0.3, "ffn64": 0.5,
+             "dense": 10.0, "probe_heads": 9.25, "probe_ffn": 9.8}
+
+    def clock(runners, shape, batch_sizes, warmup=3, repeats=20):
+        return {n: {str(b): {"median_ms": known[n]} for b in batch_sizes} for n in runners}, {}
+
+    monkeypatch.setattr(bench, "measure_until_stable", clock)
+    model = tiny_vit(depth=3)  # 2 heads, 64 neurons per block
+    t = lat.measure_table(model, lat.LatencySpec(runtime="pytorch", ffn_step=32), (3, 16, 16), log=lambda m: None)
+    # the isolated steps predict 3 x 0.5 saved for emptied attention (measured 0.75) and 3 x 0.2 for FFN at 32
+    # neurons (a quarter of 64 is under one grid step: one step) (measured 0.2)
+    assert t.scale == pytest.approx({"heads": 0.5, "ffn": 1 / 3})
+    assert t.probes["ffn"]["width"] == 32
+    assert t.predict({"heads": [0] * 3}) == pytest.approx(9.25) and t.predict({"ffn": [32] * 3}) == pytest.approx(9.8)
+    assert t.predict({"heads": [2] * 3, "ffn": [64] * 3}) == pytest.approx(10.0)
+    assert t.predict({"heads": [1, 2, 2]}) == pytest.approx(10.0 - 0.5 * 0.1)  # linear in each kind's steps
+    assert lat.LatencyTable(**json.loads(json.dumps(t.to_json()))).predict({"heads": [0] * 3}) == pytest.approx(9.25)
+    known["probe_ffn"] = 10.0  # a probe the clock cannot tell from dense: the steps stay as timed
+    t = lat.measure_table(model, lat.LatencySpec(runtime="pytorch", ffn_step=32), (3, 16, 16), log=lambda m: None)
+    assert t.scale["ffn"] == 1.0 and t.predict({"ffn": [32] * 3}) == pytest.approx(10.0 - 0.6)
+
+
 def test_tables_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path))
     model = tiny_vit(depth=2)
