@@ -57,17 +57,18 @@ def removal_order(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
     ginv = torch.linalg.inv(g)
     w = torch.cat([weight.detach().double(), (bias.detach().double() if bias is not None
                                              else weight.new_zeros(weight.shape[0]).double())[:, None]], 1)
+    if channels == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # hundreds of small rank-1 steps: extra threads only wait on each other
+        try:
+            return _removal_order_columns(w, ginv, n)
+        finally:
+            torch.set_num_threads(threads)
     alive = list(range(n // channels))
     order, costs = [], []
     while alive:
-        if channels == 1:
-            idx = torch.tensor(alive)
-            c = (w[:, idx] ** 2).sum(0) / ginv[idx, idx].clamp_min(1e-30)
-            best = int(c.argmin())
-            j, cost = alive[best], float(c[best])
-        else:
-            cost, j = min((float(torch.trace(w[:, _cols(u, channels)] @ torch.linalg.solve(
-                ginv[_cols(u, channels)][:, _cols(u, channels)], w[:, _cols(u, channels)].T))), u) for u in alive)
+        cost, j = min((float(torch.trace(w[:, _cols(u, channels)] @ torch.linalg.solve(
+            ginv[_cols(u, channels)][:, _cols(u, channels)], w[:, _cols(u, channels)].T))), u) for u in alive)
         s = _cols(j, channels)
         m = torch.linalg.inv(ginv[s][:, s])
         w -= w[:, s] @ m @ ginv[s, :]
@@ -78,6 +79,26 @@ def removal_order(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
         order.append(j)
         costs.append(cost)
         alive.remove(j)
+    return order, costs
+
+
+def _removal_order_columns(w: torch.Tensor, ginv: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
+    """`removal_order` for single columns (FFN neurons): rank-1 updates in place, no copies."""
+    gone = torch.zeros(n, dtype=torch.bool)
+    order, costs = [], []
+    for _ in range(n):
+        c = (w[:, :n] ** 2).sum(0) / ginv.diagonal()[:n].clamp_min(1e-30)
+        c[gone] = float("inf")
+        j = int(c.argmin())
+        order.append(j)
+        costs.append(float(c[j]))
+        d = ginv[:, j].clone() / ginv[j, j]
+        w.addr_(w[:, j].clone(), d, alpha=-1.0)
+        ginv.addr_(ginv[:, j].clone(), d, alpha=-1.0)
+        gone[j] = True
+        w[:, j] = 0
+        ginv[j, :] = 0
+        ginv[:, j] = 0
     return order, costs
 
 
