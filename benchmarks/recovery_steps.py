@@ -22,7 +22,17 @@ from reconstruct_sweep import run  # the shipped CIFAR recipe with overrides, in
 VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
             "lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq"],
             "iterative": ["prune.mode=iterative", "prune.reconstruct=none"],
-            "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq"]}
+            "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq"],
+            # the units chosen for the re-fit (greedy OBS within each block; widths still from activation_taylor)
+            "refit_error+lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "importance.kind=refit_error"],
+            "refit_error+iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq",
+                                            "importance.kind=refit_error"],
+            # no attention branch emptied (a block keeps at least a third of its heads): what the re-fit cannot restore
+            "lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+                                     "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
+            "refit_error+lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+                                                 "importance.kind=refit_error",
+                                                 "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
 
 
 def seconds(out: Path, stage: str) -> float | None:

@@ -214,3 +214,25 @@ def test_one_pass_scoring_agrees_with_per_block(tmp_path):
     load("one_pass_scoring").main(["--images", "16", "--json", str(tmp_path / "s.json")])
     r = json.loads((tmp_path / "s.json").read_text())
     assert r["max_rel_diff"] < 1e-6 and r["heads_table_equal"] and r["blocks"] == 6
+
+
+def test_latency_prediction_times_a_runs_plan_beside_the_dense_model(tmp_path, monkeypatch):
+    from prune.cli import main as prune
+
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.macs_ratio=0.5"]
+    assert prune(["--recipe", "quickstart.yaml", "--out", str(run), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    out = tmp_path / "pred.csv"
+    load("latency_prediction").main(["--model", "digits-vit", "--plans", str(run / "prune" / "prune.json"),
+                                     "--repeats", "3", "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and float(rows[0]["dense_ms"]) > 0 and float(rows[0]["pruned_ms"]) > 0
+    r = rows[0]  # the columns agree with each other: speed-up and the anchored error from the same two clocks
+    assert float(r["speedup"]) == pytest.approx(float(r["dense_ms"]) / float(r["pruned_ms"]), rel=1e-2)
+    assert float(r["prediction_error"]) == pytest.approx(float(r["speedup"]) / float(r["predicted_speedup"]) - 1,
+                                                         abs=2e-2)
+    with pytest.raises(SystemExit, match="not a file"):
+        load("latency_prediction").main(["--model", "digits-vit", "--plans", str(tmp_path / "nope.json"),
+                                         "--csv", str(out)])
