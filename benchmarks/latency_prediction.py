@@ -1,5 +1,5 @@
 """How well the latency table predicts a pruned model's latency, with and without its in-place calibration:
-for each plan (the per-block widths in a run's `prune/prune.json`), the dense model is cut to those widths
+for each plan (the per-block widths in a run's `prune/prune.json`, or a `prune plan` file), the dense model is cut to those widths
 (weights do not matter to the clock), exported, and timed alternately with the dense model on onnxruntime;
 the table's prediction (calibrated, and with every kind's factor set to 1: the isolated steps of
 RESULTS.md section 11) is set beside the measurement, as milliseconds and as speed-up.
@@ -29,7 +29,8 @@ FIELDS = ["model", "plan", "macs_kept", "dense_ms", "pruned_ms", "speedup", "pre
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the dense model (a model directory or timm name)")
-    p.add_argument("--plans", required=True, help="comma-separated prune.json files whose widths to time")
+    p.add_argument("--plans", required=True,
+                   help="comma-separated RUN/prune/prune.json or RUN/plan.json files whose widths to time")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--csv", required=True)
@@ -62,7 +63,12 @@ def main(argv=None) -> None:
         export_onnx(model, x, Path(tmp) / "dense.onnx")
         for i, plan in enumerate(plans):
             info = json.loads(plan.read_text())
-            widths = {k: u["widths"] for k, u in info["units"].items()}
+            if "blocks" in info:  # a `prune plan` file (RUN/plan.json): per-block rows
+                widths = {k: [b[k] for b in info["blocks"]] for k in (FFN.kind, HEADS.kind)}
+                macs_kept = info["macs_planned"] / info["macs_dense"]
+            else:  # a run's prune/prune.json
+                widths = {k: u["widths"] for k, u in info["units"].items()}
+                macs_kept = info["macs_pruned"] / info["macs_dense"]
             cut = copy.deepcopy(model)
             for unit in (FFN, HEADS):
                 if unit.kind in widths:
@@ -74,7 +80,7 @@ def main(argv=None) -> None:
             dense, pruned = res["dense"]["1"]["median_ms"], res["pruned"]["1"]["median_ms"]
             pred, iso = table.predict(widths), isolated.predict(widths)
             row = {"model": Path(args.model).name, "plan": str(plan),
-                   "macs_kept": round(info["macs_pruned"] / info["macs_dense"], 4), "dense_ms": round(dense, 4),
+                   "macs_kept": round(macs_kept, 4), "dense_ms": round(dense, 4),
                    "pruned_ms": round(pruned, 4), "speedup": round(dense / pruned, 3),
                    "predicted_speedup": round(table.dense_ms / pred, 3),
                    "isolated_speedup": round(table.dense_ms / iso, 3),

@@ -224,11 +224,15 @@ def test_latency_prediction_times_a_runs_plan_beside_the_dense_model(tmp_path, m
     sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.enabled=false",
             "bench.enabled=false", "prune.macs_ratio=0.5"]
     assert prune(["--recipe", "quickstart.yaml", "--out", str(run), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    assert prune(["plan", "--recipe", "quickstart.yaml", "--out", str(run), "--quiet",
+                  *sum([["--set", s] for s in sets], [])]) == 0  # the same cut as RUN/plan.json
     out = tmp_path / "pred.csv"
-    load("latency_prediction").main(["--model", "digits-vit", "--plans", str(run / "prune" / "prune.json"),
-                                     "--repeats", "3", "--csv", str(out)])
+    load("latency_prediction").main(["--model", "digits-vit", "--plans",
+                                     f"{run / 'prune' / 'prune.json'},{run / 'plan.json'}", "--repeats", "3",
+                                     "--csv", str(out)])
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 1 and float(rows[0]["dense_ms"]) > 0 and float(rows[0]["pruned_ms"]) > 0
+    assert len(rows) == 2 and float(rows[0]["dense_ms"]) > 0 and float(rows[0]["pruned_ms"]) > 0
+    assert rows[0]["macs_kept"] == rows[1]["macs_kept"] and rows[0]["predicted_speedup"] == rows[1]["predicted_speedup"]
     r = rows[0]  # the columns agree with each other: speed-up and the anchored error from the same two clocks
     assert float(r["speedup"]) == pytest.approx(float(r["dense_ms"]) / float(r["pruned_ms"]), rel=1e-2)
     assert float(r["prediction_error"]) == pytest.approx(float(r["speedup"]) / float(r["predicted_speedup"]) - 1,
