@@ -46,10 +46,15 @@ class NormalEquations:
         self.r = torch.zeros(features + 1, outputs, dtype=torch.float64, device=device)
         self.tt = torch.zeros((), dtype=torch.float64, device=device)  # the targets' sum of squares
 
-    def add(self, x: torch.Tensor, target: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Rows of `x` `[..., features]` and `target` `[..., outputs]`; `weights` (broadcast to the rows'
+        leading shape, e.g. one per token) weigh each row's squared error."""
         rows = target.shape[:-1].numel()
         x = x.reshape(rows, x.shape[-1]).double()  # explicit rows: an emptied branch has 0 features
         x = torch.cat([x, x.new_ones(rows, 1)], 1)
+        if weights is not None:
+            root = weights.double().to(x.device).sqrt().expand(target.shape[:-1]).reshape(rows, 1)
+            x, target = x * root, target.reshape(rows, target.shape[-1]).double() * root
         self.g += x.T @ x
         target = target.reshape(rows, target.shape[-1]).double()
         self.r += x.T @ target
@@ -101,8 +106,37 @@ def _fit_layer(eq: NormalEquations, layer: nn.Linear | None, const: nn.Module | 
     return {"error_before": before, "error_after": min(before, after), "kept_old": after >= before}
 
 
+def token_weights(model: nn.Module, block: int, tokens: int, prefix_weight: float = 1.0,
+                  last_prefix_only: bool = False) -> torch.Tensor | None:
+    """How much each token's error counts in block `block`'s fit (None: all alike). The prefix (CLS) tokens
+    count `prefix_weight` times a patch token; with `last_prefix_only`, in the last block of a model that
+    classifies from its prefix token (`global_pool == "token"`), whose patch outputs nothing reads, only the
+    prefix counts."""
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    last_reads_prefix = (last_prefix_only and block == len(model.blocks) - 1
+                         and getattr(model, "global_pool", "") == "token")
+    if not prefix or (prefix_weight == 1.0 and not last_reads_prefix):
+        return None
+    w = torch.ones(tokens, dtype=torch.float64)
+    w[:prefix] = prefix_weight
+    if last_reads_prefix:
+        w[prefix:] = 0.0
+    return w
+
+
+def prefix_weight_for(model: nn.Module, share: float | None) -> float:
+    """The per-token weight of a prefix token that makes the prefix tokens carry `share` of an image's squared
+    error (None: 1.0, every token alike). With 64 patches and one CLS token, share 0.5 is weight 64."""
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    if share is None or not prefix:
+        return 1.0
+    patches = int(model.patch_embed.num_patches)
+    return share / (1 - share) * patches / prefix
+
+
 def _fit_branch(unit, vit: ViTAdapter, l: int, branch: nn.Module, ls: nn.Module, inputs: list[torch.Tensor],
-                targets: list[torch.Tensor], ridge: float, reduce) -> dict:
+                targets: list[torch.Tensor], ridge: float, reduce, prefix_weight: float = 1.0,
+                last_prefix_only: bool = False) -> dict:
     """Re-fit block l's branch of `unit`s so that each stream in `inputs` plus the branch's output (after its
     LayerScale `ls`) matches the dense stream in `targets`: the output layer, or an emptied branch's constant."""
     empty, gamma = is_empty(branch), _scale(ls)
@@ -112,7 +146,8 @@ def _fit_branch(unit, vit: ViTAdapter, l: int, branch: nn.Module, ls: nn.Module,
     for x, want in zip(inputs, targets):
         target = want - x
         target = target.double() / gamma if gamma is not None else target
-        eq.add(x.new_zeros(*x.shape[:-1], 0) if empty else unit.out_input(vit, l, x), target)
+        eq.add(x.new_zeros(*x.shape[:-1], 0) if empty else unit.out_input(vit, l, x), target,
+               token_weights(vit.model, l, x.shape[1], prefix_weight, last_prefix_only))
     return _fit_layer(eq, layer, branch if empty else None, gamma, ridge, reduce)
 
 
@@ -139,23 +174,28 @@ def _sequential(pruned: nn.Module, dense: nn.Module, images: list[torch.Tensor],
 
 
 @torch.no_grad()
-def _lstsq_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ridge: float, reduce) -> list[dict]:
+def _lstsq_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ridge: float, reduce,
+                 prefix_weight: float = 1.0, last_prefix_only: bool = False) -> list[dict]:
     """Re-fit block l's attention branch so that the stream after it is the dense stream after attention, then
     its FFN branch, on the re-fitted attention's output, so that the block's output is the dense one."""
     pb = pv.blocks[l]
+    weigh = dict(prefix_weight=prefix_weight, last_prefix_only=last_prefix_only)
     rows = [{"block": l, "branch": "attn",
-             **_fit_branch(HEADS, pv, l, pb.attn, pb.ls1, inputs, dense_mid, ridge, reduce)}]
+             **_fit_branch(HEADS, pv, l, pb.attn, pb.ls1, inputs, dense_mid, ridge, reduce, **weigh)}]
     mids = [xp + pb.ls1(pb.attn(pb.norm1(xp))) for xp in inputs]
     rows.append({"block": l, "branch": "ffn", **_fit_branch(FFN, pv, l, pb.mlp, pb.ls2, mids, dense_out, ridge,
-                                                            reduce)})
+                                                            reduce, **weigh)})
     return rows
 
 
 def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: float = 1e-3,
-          reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, progress: bool = False) -> list[dict]:
+          reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, progress: bool = False,
+          prefix_weight: float = 1.0, last_prefix_only: bool = False) -> list[dict]:
     """Re-fit `pruned` in place on the images of `batches` (`(images, ...)`); one row per block and branch
-    with its squared error before and after, as a share of what the branch should add to the stream."""
-    fit = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce)
+    with its squared error before and after, as a share of what the branch should add to the stream
+    (`token_weights`: how much the prefix tokens count)."""
+    fit = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce, prefix_weight=prefix_weight,
+                            last_prefix_only=last_prefix_only)
     return _sequential(pruned, dense, [b[0] for b in batches if len(b[0])], fit, "reconstruct", progress)
 
 
@@ -226,7 +266,7 @@ def _train_block(pv: ViTAdapter, l: int, inputs, dense_mid, dense_out, *, ids: l
 
 
 def blockwise(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, steps: int = 100, lr: float = 3e-4,
-              start: str = "lstsq", ridge: float = 1e-3, seed: int = 0,
+              start: str = "lstsq", ridge: float = 1e-3, seed: int = 0, prefix_weight: float = 1.0,
               reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
               gather: Callable[[list], list] = list, progress: bool = False) -> list[dict]:
     """Re-fit `pruned` in place block by block like `refit`, but train every parameter of block l (after its
@@ -246,7 +286,7 @@ def blockwise(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, steps: 
         seen += len(b[0])
     keys = torch.tensor(sorted(gather(torch.cat(ids).tolist() if ids else [])), dtype=torch.long)
     train = functools.partial(_train_block, ids=ids, keys=keys, steps=steps, lr=lr, seed=seed, reduce=reduce)
-    lstsq = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce)
+    lstsq = functools.partial(_lstsq_block, ridge=ridge, reduce=reduce, prefix_weight=prefix_weight)
 
     def fit(pv, l, inputs, dense_mid, dense_out):
         rows = lstsq(pv, l, inputs, dense_mid, dense_out) if start == "lstsq" else []

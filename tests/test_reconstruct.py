@@ -200,3 +200,57 @@ def test_blockwise_takes_the_same_steps_in_one_process_and_in_two(tmp_path):
         assert res.returncode == 0, [l for l in res.stderr.splitlines() if "rror" in l][:8]
     a, b = load_file(tmp_path / "1.safetensors"), load_file(tmp_path / "2.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_weighted_normal_equations_solve_the_weighted_least_squares_problem():
+    """Token weights against an independent truth: `torch.linalg.lstsq` on rows scaled by sqrt(weight)."""
+    from prune.reconstruct import NormalEquations
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 9, 5, generator=g, dtype=torch.float64), torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    w = torch.rand(9, generator=g, dtype=torch.float64) + 0.1  # one weight per token, broadcast over images
+    eq = NormalEquations(5, 3, "cpu")
+    eq.add(x, t, w)
+    rows = torch.cat([x.reshape(-1, 5), torch.ones(18, 1, dtype=torch.float64)], 1)
+    root = w.sqrt().repeat(2)[:, None]
+    truth = torch.linalg.lstsq(rows * root, t.reshape(-1, 3) * root).solution
+    torch.testing.assert_close(eq.solve(0.0), truth, rtol=1e-8, atol=1e-8)
+    unweighted = NormalEquations(5, 3, "cpu")
+    unweighted.add(x, t)
+    assert not torch.allclose(unweighted.solve(0.0), truth)  # the weights changed the fit
+
+
+def test_the_prefix_share_sets_the_cls_token_weight_and_only_the_prefix_rows_change():
+    from prune.reconstruct import prefix_weight_for, token_weights
+
+    model = trained_tiny_vit()  # 16 patches + 1 CLS token
+    assert prefix_weight_for(model, None) == 1.0
+    assert prefix_weight_for(model, 0.5) == pytest.approx(16.0)  # the CLS token counts as much as all patches
+    assert prefix_weight_for(model, 0.8) == pytest.approx(64.0)
+    assert token_weights(model, 0, 17) is None  # all alike: the unweighted equations
+    w = token_weights(model, 0, 17, 16.0)
+    assert w[0] == 16.0 and (w[1:] == 1.0).all()
+
+
+def test_a_prefix_weighted_refit_fits_the_cls_token_better_and_the_recipe_keys_it(tmp_path):
+    dense = trained_tiny_vit()
+    pruned = keep_even_neurons(dense)
+    x = batches(2, seed=11)[1][0]
+
+    def cls_error(model):
+        with torch.no_grad():
+            return (model.forward_features(x)[:, 0] - dense.forward_features(x)[:, 0]).pow(2).mean().item()
+
+    plain, weighted = copy.deepcopy(pruned), copy.deepcopy(pruned)
+    refit(plain, dense, batches(8), ridge=1e-3)
+    refit(weighted, dense, batches(8), ridge=1e-3, prefix_weight=16.0)
+    assert cls_error(weighted) < cls_error(plain)
+    sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.reconstruct=lstsq", "prune.reconstruct_images=64"]
+    out = tmp_path / "run"
+    argv = ["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]
+    assert main(argv) == 0
+    assert main([*argv, "--update", "--set", "prune.reconstruct_prefix_share=0.5"]) == 0
+    m = json.loads((out / "reconstruct/metrics.json").read_text())
+    assert m["prefix_share"] == 0.5 and m["prefix_weight"] == pytest.approx(16.0)  # digits-vit: 16 patches, 1 CLS
+    assert main([*argv, "--update", "--set", "prune.reconstruct_prefix_share=1.5"]) == 2  # a share is below 1

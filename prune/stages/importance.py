@@ -30,7 +30,7 @@ from ..io import atomic_path, write_json
 from ..paths import PathStats
 from ..progressive import progressive_table
 from ..budget import plan_keep
-from ..reconstruct import refit
+from ..reconstruct import prefix_weight_for, refit
 from ..schedule import iterative_tables
 from .context import device
 
@@ -53,7 +53,7 @@ def inputs(ctx) -> dict:
             inp["latency_table"] = ctx.latency_table().to_json()
     if r.prune.mode == "iterative":  # the steps re-fit the cut model when the recipe re-fits
         inp["iterative"] = r.prune.model_dump(include={"iterations", "reconstruct", "reconstruct_images",
-                                                       "reconstruct_ridge", "compensate"})
+                                                       "reconstruct_ridge", "reconstruct_prefix_share", "compensate"})
     return inp
 
 
@@ -166,8 +166,9 @@ def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[di
     refit_cut = None
     if pr.reconstruct != "none":  # the same images the reconstruct stage re-fits on
         loader = ctx.loader(r.data.train_split, data_cfg, pr.reconstruct_images, r.importance.seed + 1, shard=True)
+        weight = prefix_weight_for(sctx.model, pr.reconstruct_prefix_share)
         refit_cut = lambda m: refit(m, sctx.model, ctx.batches(loader, "reconstruct"),  # noqa: E731
-                                    ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum)
+                                    ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum, prefix_weight=weight)
     return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr.settings(),
                             pr.iterations, sctx.example_inputs, refit_cut, ctx.log, latency=ctx.latency_table())
 

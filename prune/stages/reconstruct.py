@@ -14,7 +14,7 @@ from .. import dist
 from ..artifacts import input_stage
 from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..io import write_json
-from ..reconstruct import blockwise, refit
+from ..reconstruct import blockwise, prefix_weight_for, refit
 from .context import device
 
 NAME = "reconstruct"
@@ -26,7 +26,7 @@ def inputs(ctx) -> dict | None:
     p = ctx.r.prune
     if p.reconstruct == "none":
         return None
-    fields = {"reconstruct", "reconstruct_images", "reconstruct_ridge",
+    fields = {"reconstruct", "reconstruct_images", "reconstruct_ridge", "reconstruct_prefix_share",
               *(BLOCKWISE if p.reconstruct == "blockwise" else ())}
     return {**ctx.eval_inputs(), "split": ctx.r.data.train_split, "seed": ctx.r.importance.seed,
             "reconstruct": p.model_dump(include=fields),
@@ -40,14 +40,15 @@ def build(ctx, out: Path) -> dict:
     loader = ctx.loader(r.data.train_split, data_cfg, p.reconstruct_images, r.importance.seed + 1, shard=True)
     model, dense = model.to(device()), dense.to(device())
     start = time.perf_counter()
+    weight = prefix_weight_for(model, p.reconstruct_prefix_share)
     if p.reconstruct == "blockwise":
         rows = blockwise(model, dense, _with_rows(ctx, loader, "reconstruct"), steps=p.reconstruct_steps,
                          lr=p.reconstruct_lr, start=p.reconstruct_start, ridge=p.reconstruct_ridge,
-                         seed=r.importance.seed, reduce=dist.reduce_sum, gather=dist.gather_lists,
-                         progress=ctx.progress)
+                         seed=r.importance.seed, prefix_weight=weight, reduce=dist.reduce_sum,
+                         gather=dist.gather_lists, progress=ctx.progress)
     else:
         rows = refit(model, dense, ctx.batches(loader, "reconstruct"), ridge=p.reconstruct_ridge,
-                     reduce=dist.reduce_sum, progress=ctx.progress)
+                     reduce=dist.reduce_sum, progress=ctx.progress, prefix_weight=weight)
     seconds = time.perf_counter() - start
     model = model.cpu().eval()
     if dist.is_main():
@@ -60,7 +61,8 @@ def build(ctx, out: Path) -> dict:
     saved, _ = load_pruned(out)
     info = {"refitted": ctx.accuracy(saved, data_cfg, "refitted"), "method": p.reconstruct,
             "images": int(dist.reduce_sum(torch.tensor(len(loader.dataset))).item()),
-            "ridge": p.reconstruct_ridge, "seconds": seconds, "branches": rows,
+            "ridge": p.reconstruct_ridge, "prefix_share": p.reconstruct_prefix_share, "prefix_weight": weight,
+            "seconds": seconds, "branches": rows,
             **(p.model_dump(include=set(BLOCKWISE)) if p.reconstruct == "blockwise" else {})}
     ctx.log(f"[reconstruct] {p.reconstruct}: re-fitted {sum(not b['kept_old'] for b in rows)} of {len(rows)} "
             f"{'blocks and branches' if p.reconstruct == 'blockwise' else 'branches'} in {seconds:.1f}s")
