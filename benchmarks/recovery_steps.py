@@ -32,7 +32,12 @@ VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
                                      "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
             "refit_error+lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
                                                  "importance.kind=refit_error",
-                                                 "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
+                                                 "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
+            # the re-fit with the CLS token carrying half of each image's error (the classifier reads only it)
+            "lstsq+cls": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "prune.reconstruct_prefix_share=0.5"],
+            "lstsq+cls+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+                                         "prune.reconstruct_prefix_share=0.5",
+                                         "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
 
 
 def seconds(out: Path, stage: str) -> float | None:

@@ -130,7 +130,7 @@ class PruneCfg(_Section):
     reconstruct_ridge: float = Field(1e-3, ge=0)  # ridge, relative to the features' mean square
     # share of each image's squared error its prefix (CLS) tokens carry in the re-fit (null: every token alike);
     # the classifier reads the CLS token, and a fit to every token alike can lower top-1 (RESULTS.md section 13)
-    reconstruct_prefix_share: float | None = Field(None, gt=0, lt=1)
+    reconstruct_prefix_share: float | None = Field(0.5, gt=0, lt=1)
     reconstruct_steps: int = Field(100, ge=0, le=100_000)  # blockwise: Adam steps per block
     reconstruct_lr: float = Field(3e-4, gt=0, le=1)  # blockwise: Adam's learning rate, cosine-decayed to 0
     reconstruct_start: Literal["lstsq", "pruned"] = "lstsq"  # blockwise: train from the lstsq re-fit or the cut weights

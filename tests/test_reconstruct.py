@@ -249,8 +249,9 @@ def test_a_prefix_weighted_refit_fits_the_cls_token_better_and_the_recipe_keys_i
             "bench.enabled=false", "prune.reconstruct=lstsq", "prune.reconstruct_images=64"]
     out = tmp_path / "run"
     argv = ["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]
-    assert main(argv) == 0
-    assert main([*argv, "--update", "--set", "prune.reconstruct_prefix_share=0.5"]) == 0
+    assert main([*argv, "--set", "prune.reconstruct_prefix_share=null"]) == 0  # every token alike
+    assert json.loads((out / "reconstruct/metrics.json").read_text())["prefix_weight"] == 1.0
+    assert main([*argv, "--update", "--set", "prune.reconstruct_prefix_share=0.5"]) == 0  # a new key: re-fitted
     m = json.loads((out / "reconstruct/metrics.json").read_text())
     assert m["prefix_share"] == 0.5 and m["prefix_weight"] == pytest.approx(16.0)  # digits-vit: 16 patches, 1 CLS
     assert main([*argv, "--update", "--set", "prune.reconstruct_prefix_share=1.5"]) == 2  # a share is below 1
