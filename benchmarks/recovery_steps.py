@@ -19,22 +19,26 @@ from pathlib import Path
 
 from reconstruct_sweep import run  # the shipped CIFAR recipe with overrides, into one run directory
 
+NULL_SHARE = "prune.reconstruct_prefix_share=null"  # the re-fit as it was before the CLS weighting: every token alike
 VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
-            "lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq"],
+            "lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq", NULL_SHARE],
             "iterative": ["prune.mode=iterative", "prune.reconstruct=none"],
-            "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq"],
+            "iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq", NULL_SHARE],
             # the units chosen for the re-fit (greedy OBS within each block; widths still from activation_taylor)
-            "refit_error+lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "importance.kind=refit_error"],
-            "refit_error+iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq",
+            "refit_error+lstsq": ["prune.mode=oneshot", "prune.reconstruct=lstsq", NULL_SHARE,
+                                  "importance.kind=refit_error"],
+            "refit_error+iterative+lstsq": ["prune.mode=iterative", "prune.reconstruct=lstsq", NULL_SHARE,
                                             "importance.kind=refit_error"],
             # no attention branch emptied (a block keeps at least a third of its heads): what the re-fit cannot restore
-            "lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+            "lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq", NULL_SHARE,
                                      "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
-            "refit_error+lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+            "refit_error+lstsq+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq", NULL_SHARE,
                                                  "importance.kind=refit_error",
                                                  "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
             # the re-fit with the CLS token carrying half of each image's error (the classifier reads only it)
             "lstsq+cls": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "prune.reconstruct_prefix_share=0.5"],
+            "iterative+lstsq+cls": ["prune.mode=iterative", "prune.reconstruct=lstsq",
+                                    "prune.reconstruct_prefix_share=0.5"],
             "lstsq+cls+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
                                          "prune.reconstruct_prefix_share=0.5",
                                          "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
