@@ -39,6 +39,8 @@ VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
             "lstsq+cls": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "prune.reconstruct_prefix_share=0.5"],
             "iterative+lstsq+cls": ["prune.mode=iterative", "prune.reconstruct=lstsq",
                                     "prune.reconstruct_prefix_share=0.5"],
+            "refit_error+lstsq+cls": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+                                      "prune.reconstruct_prefix_share=0.5", "importance.kind=refit_error"],
             "lstsq+cls+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
                                          "prune.reconstruct_prefix_share=0.5",
                                          "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
