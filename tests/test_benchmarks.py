@@ -240,3 +240,20 @@ def test_latency_prediction_times_a_runs_plan_beside_the_dense_model(tmp_path, m
     with pytest.raises(SystemExit, match="not a file"):
         load("latency_prediction").main(["--model", "digits-vit", "--plans", str(tmp_path / "nope.json"),
                                          "--csv", str(out)])
+
+
+def test_refit_token_weights_refits_one_cut_per_setting(tmp_path):
+    from prune.cli import main as prune
+
+    run = tmp_path / "run"
+    sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.macs_ratio=0.5"]
+    assert prune(["--recipe", "quickstart.yaml", "--out", str(run), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    out = tmp_path / "w.csv"
+    load("refit_token_weights").main(["--model", "digits-vit", "--cut", str(run / "prune"), "--data", "digits",
+                                      "--eval-images", "100", "--images", "64", "--settings", "1:0,16:0,16:1",
+                                      "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["prefix_weight"], r["last_prefix_only"]) for r in rows] == [("1.0", "False"), ("16.0", "False"),
+                                                                           ("16.0", "True")]
+    assert len({r["cut_top1"] for r in rows}) == 1 and all(0 < float(r["refitted_top1"]) <= 1 for r in rows)
