@@ -40,11 +40,12 @@ def main(argv=None) -> None:
     import torch_pruning as tp
 
     from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
-    from prune.budget import PruneSettings, keep_mask, kept_counts
+    from prune.budget import keep_mask, kept_counts
     from prune.criteria import ImportanceContext, Taylor, tp_table
     from prune.gates import ClassBalancedMean, block_attribution, unit_masks
     from prune.io import write_json
     from prune.models import load_model
+    from prune.recipe import PruneCfg
     from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)
@@ -88,7 +89,7 @@ def main(argv=None) -> None:
         return torch.stack(out)
 
     def masks_for(table, ratio, scope):
-        keep = kept_counts(table, widths, PruneSettings(ratio=ratio, scope=scope, max_layer_ratio=0.9))
+        keep = kept_counts(table, widths, PruneCfg(ratio=ratio, scope=scope, max_layer_ratio=0.9))
         return [keep_mask(table[l], keep[l]) for l in range(L)]
 
     rows = []

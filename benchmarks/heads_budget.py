@@ -135,17 +135,17 @@ class Bench:
 
     def prune(self, method: str, target: float, prep: dict):
         """(pruned model, kept dict or None) for one method at one MACs target; None if unreachable."""
-        from prune.budget import PruneSettings
         from prune.errors import ConfigError
         from prune.budget import plan_keep
         from prune.pruning import prune_units
+        from prune.recipe import PruneCfg
         from prune.units import FFN, HEADS
 
         if method == "tp":
             return self.tp_prune(target, prep["graded"]), None
         units = {"ffn": [FFN], "heads": [HEADS], "both": [FFN, HEADS]}[method]
         cap = 0.9 if method == "ffn" else 1.0
-        settings = PruneSettings(scope="global", macs_ratio=target, max_layer_ratio=cap)
+        settings = PruneCfg(scope="global", macs_ratio=target, max_layer_ratio=cap)
         model = copy.deepcopy(self.dense)
         try:
             keep = plan_keep(model, units, prep["tables"], settings, self.example)

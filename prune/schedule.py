@@ -14,14 +14,14 @@ kept widths, so the prune stage cuts exactly the units the last step removed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .budget import PruneSettings, kept_indices, plan_keep
+from .budget import kept_indices, plan_keep
 from .pruning import prune_units
+from .recipe import PruneCfg
 from .units import Unit
 
 
@@ -35,7 +35,7 @@ def _dense_table(scores: torch.Tensor, alive: list[list[int]], widths: list[int]
 
 
 def iterative_tables(dense: nn.Module, units: list[Unit], score: Callable[[nn.Module], dict[str, torch.Tensor]],
-                     budget: Callable[[nn.Module], dict[str, torch.Tensor]] | None, settings: PruneSettings,
+                     budget: Callable[[nn.Module], dict[str, torch.Tensor]] | None, settings: PruneCfg,
                      iterations: int, example_inputs: torch.Tensor,
                      refit: Callable[[nn.Module], None] | None = None, log: Callable[[str], None] = print,
                      latency=None) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
@@ -52,10 +52,10 @@ def iterative_tables(dense: nn.Module, units: list[Unit], score: Callable[[nn.Mo
         last = {k: _dense_table(tables[k], alive[k], widths[k], 0.0) for k in widths}
         plan = {k: _dense_table(plan_tables[k].abs(), alive[k], widths[k], 0.0) for k in widths}
         share = step / iterations
-        step_settings = dataclasses.replace(
-            settings, ratio=settings.ratio * share,
-            macs_ratio=None if settings.macs_ratio is None else settings.macs_ratio * share,
-            latency_ratio=None if settings.latency_ratio is None else settings.latency_ratio * share)
+        step_settings = settings.model_copy(update={
+            "ratio": settings.ratio * share,
+            "macs_ratio": None if settings.macs_ratio is None else settings.macs_ratio * share,
+            "latency_ratio": None if settings.latency_ratio is None else settings.latency_ratio * share})
         keep = plan_keep(dense, units, plan, step_settings, example_inputs, latency)
         for k in widths:  # survivors of this step: the best-scoring of the units still alive
             new = []
@@ -70,7 +70,9 @@ def iterative_tables(dense: nn.Module, units: list[Unit], score: Callable[[nn.Mo
         model = copy.deepcopy(dense)
         for u in units:
             order = _order(last[u.kind], removed_at[u.kind], iterations)
-            prune_units(model, u, order, settings, example_inputs, keep=[len(a) for a in alive[u.kind]])
+            # the recipe's compensate reaches surgery as before (with "mean" it asks for means this loop lacks)
+            prune_units(model, u, order, settings, example_inputs, keep=[len(a) for a in alive[u.kind]],
+                        compensate=settings.compensate)
         if refit is not None:
             refit(model)
         log(f"[importance] iterative step {step}/{iterations}: "

@@ -71,7 +71,7 @@ class RunContext:
         from ..budget import check_budget
 
         model, data_cfg, _ = self.model()
-        check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size),
+        check_budget(model, self.units, self.r.prune, torch.zeros(1, *data_cfg.input_size),
                      self.latency_table())
 
     def latency_table(self):

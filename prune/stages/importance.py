@@ -145,7 +145,7 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[in
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
                     save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
         scored = tables
-    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs, ctx.latency_table()), scored
+    return plan_keep(sctx.model, ctx.units, tables, pr, sctx.example_inputs, ctx.latency_table()), scored
 
 
 def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[dict, dict]:
@@ -168,7 +168,7 @@ def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[di
         loader = ctx.loader(r.data.train_split, data_cfg, pr.reconstruct_images, r.importance.seed + 1, shard=True)
         refit_cut = lambda m: refit(m, sctx.model, ctx.batches(loader, "reconstruct"),  # noqa: E731
                                     ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum)
-    return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr.settings(),
+    return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr,
                             pr.iterations, sctx.example_inputs, refit_cut, ctx.log, latency=ctx.latency_table())
 
 

@@ -30,7 +30,7 @@ def planned_keep(ctx, imp: dict, model, example: torch.Tensor) -> dict[str, list
     if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
         return {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
     tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
-    return plan_keep(model, ctx.units, tables, ctx.r.prune.settings(), example, ctx.latency_table())
+    return plan_keep(model, ctx.units, tables, ctx.r.prune, example, ctx.latency_table())
 
 
 def build(ctx, out: Path) -> dict:
@@ -39,7 +39,6 @@ def build(ctx, out: Path) -> dict:
     imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
     example = torch.randn(1, *data_cfg.input_size)
     params0, macs0 = count_params_macs(model, example)
-    settings = p.settings()
     tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
     keep = planned_keep(ctx, imp, model, example)
     plan = block_plan(model, ctx.units, keep, example, ctx.latency_table())
@@ -47,7 +46,8 @@ def build(ctx, out: Path) -> dict:
     for unit in ctx.units:
         k = unit.kind
         dense_widths[k] = unit.widths(model)
-        kept[k] = prune_units(model, unit, tables[k], settings, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k])
+        kept[k] = prune_units(model, unit, tables[k], p, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k],
+                              compensate=p.compensate)
     params1, macs1 = count_params_macs(model, example)
     save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes(), label_names=ctx.label_names(),
                 card=ctx.model_card(NAME))
