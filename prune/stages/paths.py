@@ -28,5 +28,6 @@ def build(ctx, out: Path) -> dict:
     summary = discover(r.model.name, r.data.source, r.data.train_split, settings, out,
                        pretrained=r.model.pretrained, model_kwargs=r.model.kwargs,
                        image_column=r.data.image_column, label_column=r.data.label_column,
-                       skip_bad=r.data.skip_bad, progress=ctx.progress)
+                       skip_bad=r.data.skip_bad, progress=ctx.progress,
+                       loaded=ctx.dense(), data=ctx.split(r.data.train_split))
     return {"images": summary["images"], "mean_jas": summary["mean_jas"], "skipped_rows": summary["skipped_rows"]}
