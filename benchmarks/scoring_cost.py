@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     from prune.io import write_json
     from prune.models import load_model
     from prune.paths import locate_paths
-    from prune.progressive import progressive_table
+    from prune.schedule import progressive_table
     from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)

@@ -23,6 +23,7 @@ from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
+from ..schedule import SCHEDULES
 from ..units import Unit, get_unit
 
 
@@ -46,7 +47,7 @@ class RunContext:
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
         self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
         # the importance stage decides the widths when scoring depends on them, or another criterion sets them
-        self.importance_fixes_widths = (recipe.prune.mode in ("progressive", "iterative")
+        self.importance_fixes_widths = (SCHEDULES[recipe.prune.mode].fixes_widths
                                         or self.budget_criterion is not self.criterion)
         self.skipped: dict[str, list[int]] = {}
         self.summary: dict | None = None  # the run's metrics, collected before the report
