@@ -30,14 +30,14 @@ from ..paths import PathStats
 from ..budget import plan_keep
 from ..reconstruct import refit
 from ..schedule import SCHEDULES, ScoringJob
-from .context import device
+from .context import RunContext, device
 
 NAME = "importance"
 DISTRIBUTED = True  # every process scores its share of the images and the sums are added up
 FILE = "importance.safetensors"  # `<kind>.scores`, `<kind>.act_mean`, `<kind>.act_abs_mean`, `<kind>.act_var`, `<kind>.keep`
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     r = ctx.r
     inp = {**ctx.model_inputs(), "split": r.data.train_split, "importance": r.importance.model_dump(),
            "units": [u.kind for u in ctx.units], "reads": ["paths"] if ctx.needs_paths else []}
@@ -55,7 +55,7 @@ def inputs(ctx) -> dict:
     return inp
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     """Write `importance.safetensors` (per unit kind: scores, activation mean/abs-mean/variance, and `keep`
     when this stage fixes the widths) and `importance.json`."""
     r, crit, budget = ctx.r, ctx.criterion, ctx.budget_criterion
@@ -117,7 +117,7 @@ def build(ctx, out: Path) -> dict:
     return info
 
 
-def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
+def _widths(ctx: RunContext, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """Units each block keeps, per kind: uniform, or (scope global) the budget criterion's one-shot tables
     ranked across blocks (and kinds, with `prune.macs_ratio`); and those tables (empty when uniform), which
     also score the kinds the run's criterion cannot. The tables are checkpointed, so a resumed progressive
@@ -139,7 +139,7 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[in
     return plan_keep(sctx.model, ctx.units, tables, pr, sctx.example_inputs, ctx.latency_table()), scored
 
 
-def _refit(ctx, sctx: ImportanceContext, data_cfg):
+def _refit(ctx: RunContext, sctx: ImportanceContext, data_cfg):
     """How a schedule that cuts (iterative) re-fits its cut model when the recipe re-fits (None otherwise): on the
     images the reconstruct stage re-fits on, loaded at the first re-fit."""
     r, pr = ctx.r, ctx.r.prune

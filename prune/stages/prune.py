@@ -13,19 +13,20 @@ from ..io import write_json
 from ..pruning import prune_units
 from ..units import FFN
 from . import importance
+from .context import RunContext
 
 NAME = "prune"
 DISTRIBUTED = False
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     inp = {**ctx.model_inputs(), "prune": ctx.r.prune.model_dump(), "reads": [importance.NAME]}
     if ctx.latency_table() is not None:  # a table measured again (another machine) may plan other widths
         inp["latency_table"] = ctx.latency_table().to_json()
     return inp
 
 
-def planned_keep(ctx, imp: dict, model, example: torch.Tensor) -> dict[str, list[int]]:
+def planned_keep(ctx: RunContext, imp: dict, model, example: torch.Tensor) -> dict[str, list[int]]:
     """Units each block keeps, per kind: fixed by the importance stage, or planned here from its tables."""
     if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
         return {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
@@ -33,7 +34,7 @@ def planned_keep(ctx, imp: dict, model, example: torch.Tensor) -> dict[str, list
     return plan_keep(model, ctx.units, tables, ctx.r.prune, example, ctx.latency_table())
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     p = ctx.r.prune
     model, data_cfg, spec = ctx.model()
     imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
