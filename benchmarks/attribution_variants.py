@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import random
 
+from common import top1
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,34 +41,31 @@ def main(argv=None) -> None:
     import torch
     import torch_pruning as tp
 
-    from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
-    from prune.budget import PruneSettings, keep_mask, kept_counts
+    from prune.data import open_split, sample_per_class, stack_rows
+    from prune.budget import keep_mask, kept_counts
     from prune.criteria import ImportanceContext, Taylor, tp_table
     from prune.gates import ClassBalancedMean, block_attribution, unit_masks
     from prune.io import write_json
     from prune.models import load_model
+    from prune.recipe import PruneCfg
     from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)
-    tf = make_transform(data_cfg)
     C, L = model.num_classes, len(model.blocks)
     widths = FFN.widths(model)
 
     def tensors(split, rows):
-        ds = load_split(args.data, split)
-        img, lab = find_columns(ds)
-        rows = list(range(len(ds))) if rows is None else rows(labels_of(ds, lab), len(ds))
-        return stack_rows(ds, tf, img, lab, split, rows, C)
+        data = open_split(args.data, split)
+        rows = list(range(len(data.ds))) if rows is None else rows(data.labels(), len(data.ds))
+        return stack_rows(data, data_cfg, rows, C)
 
     px, py = tensors("train", lambda labels, n: sample_per_class(labels, args.images_per_class, C, args.seed))
     cx, cy = tensors("train", lambda labels, n: sorted(random.Random(args.seed).sample(range(n), args.calibration_images)))
     tx, ty = tensors("test", None)
 
-    @torch.no_grad()
-    def top1(masks) -> float:
+    def masked_top1(masks) -> float:
         with unit_masks(model, FFN, masks):
-            return sum((model(tx[s:s + 500]).argmax(-1) == ty[s:s + 500]).sum().item()
-                       for s in range(0, len(ty), 500)) / len(ty)
+            return top1(model, tx, ty)
 
     def per_image(objective, masks=None):
         """Per-image block IG `[n, L, D]`, every block scored with `masks` active (default: dense)."""
@@ -88,18 +87,18 @@ def main(argv=None) -> None:
         return torch.stack(out)
 
     def masks_for(table, ratio, scope):
-        keep = kept_counts(table, widths, PruneSettings(ratio=ratio, scope=scope, max_layer_ratio=0.9))
+        keep = kept_counts(table, widths, PruneCfg(ratio=ratio, scope=scope, max_layer_ratio=0.9))
         return [keep_mask(table[l], keep[l]) for l in range(L)]
 
     rows = []
 
     def record(name, scope, ratio, table):
-        acc = top1(masks_for(table, ratio, scope))
+        acc = masked_top1(masks_for(table, ratio, scope))
         rows.append({"variant": name, "scope": scope, "ratio": ratio, "top1": acc})
         print(f"{name:40s} {scope:8s} {ratio:.0%}  top1 {acc:.4f}", flush=True)
 
     ratios = [float(r) for r in args.ratios.split(",")]
-    dense_acc = top1([None] * L)
+    dense_acc = masked_top1([None] * L)
     print(f"dense top1 {dense_acc:.4f}")
     ig = {obj: per_image(obj) for obj in ("logprob", "prob")}
     for ratio in ratios:

@@ -19,9 +19,10 @@ layer-progressive scoring (progressive runs only the criteria that support it).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
+
+from common import read_csv, write_csv
 
 
 def main(argv=None) -> None:
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     rows = []
     done = set()
     if args.resume and (Path(args.out) / "sweep.csv").is_file():  # an interrupted sweep: keep its rows
-        rows = list(csv.DictReader(open(Path(args.out) / "sweep.csv")))
+        rows = read_csv(Path(args.out) / "sweep.csv")
         done = {_key(r) for r in rows}
         print(f"resuming: {len(rows)} configurations already measured in {args.out}/sweep.csv")
     # seed outermost: a run directory keeps one version of each stage, so this order runs the path
@@ -122,12 +123,9 @@ def _key(row: dict) -> tuple:
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:
-    from prune.io import atomic_path, write_json
+    from prune.io import write_json
 
-    with atomic_path(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "sweep.csv", rows, list(rows[0]))
     write_json(out / "sweep.json", rows)
 
 

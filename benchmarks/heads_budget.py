@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import time
 from pathlib import Path
 
 import torch
+
+from common import read_csv, split_images, top1, write_csv
 
 METHODS = ("ffn", "heads", "both", "tp")
 
@@ -89,29 +90,16 @@ class Bench:
     # ------------------------------------------------------------------------------------- data
     def images(self, split: str, n: int | None, seed: int, exclude=()):
         """`n` rows of a split drawn with `seed` (all if None, less `exclude`) as tensors (decoded once)."""
-        import random
-
-        from prune.data import find_columns, load_split, make_transform, stack_rows
-
         key = (split, n, seed, tuple(exclude))
         if key not in self._data:
-            ds = load_split(self.args.data, split)
-            img, lab = find_columns(ds, None, None)
-            rows = [i for i in range(len(ds)) if i not in set(exclude)]
-            if n is not None and n < len(rows):
-                rows = sorted(random.Random(seed).sample(rows, n))
-            self._data[key] = stack_rows(ds, make_transform(self.data_cfg), img, lab, split, rows,
-                                         int(self.dense.num_classes))
+            self._data[key] = split_images(self.args.data, split, self.data_cfg, int(self.dense.num_classes), n, seed,
+                                           exclude)
         return self._data[key]
 
     def top1(self, model) -> float:
         x, y = self.images(self.args.eval_split, self.args.eval_images, 0)
         model.eval()
-        correct = 0
-        with torch.inference_mode():
-            for s in range(0, len(y), 500):
-                correct += (model(x[s:s + 500]).argmax(-1) == y[s:s + 500]).sum().item()
-        return correct / len(y)
+        return top1(model, x, y)
 
     def calibration(self, seed: int):
         x, y = self.images(self.args.train_split, self.args.calibration_images, seed)
@@ -135,17 +123,17 @@ class Bench:
 
     def prune(self, method: str, target: float, prep: dict):
         """(pruned model, kept dict or None) for one method at one MACs target; None if unreachable."""
-        from prune.budget import PruneSettings
         from prune.errors import ConfigError
         from prune.budget import plan_keep
         from prune.pruning import prune_units
+        from prune.recipe import PruneCfg
         from prune.units import FFN, HEADS
 
         if method == "tp":
             return self.tp_prune(target, prep["graded"]), None
         units = {"ffn": [FFN], "heads": [HEADS], "both": [FFN, HEADS]}[method]
         cap = 0.9 if method == "ffn" else 1.0
-        settings = PruneSettings(scope="global", macs_ratio=target, max_layer_ratio=cap)
+        settings = PruneCfg(scope="global", macs_ratio=target, max_layer_ratio=cap)
         model = copy.deepcopy(self.dense)
         try:
             keep = plan_keep(model, units, prep["tables"], settings, self.example)
@@ -180,7 +168,7 @@ class Bench:
         from prune.units import FFN, HEADS
 
         path = self.out / "oneshot.csv"
-        rows = read_rows(path) if self.args.resume else []
+        rows = read_csv(path) if self.args.resume else []
         done = {(r["seed"], r["target"], r["method"]) for r in rows}
         p0, m0 = count_params_macs(self.dense, self.example)
         dense_top1 = self.top1(self.dense)
@@ -208,7 +196,7 @@ class Bench:
                         if seed == self.seeds[0]:
                             self._save(f"{method}_{target}", model, kept)
                     rows.append(row)
-                    write_rows(path, rows)
+                    write_csv(path, rows)
                     print(f"seed {seed} target {target:.2f} {method:5s} top1 {row['top1'] if row['top1'] == '' else format(row['top1'], '.4f')}"
                           f" (dense {dense_top1:.4f}) {row['note']}", flush=True)
 
@@ -252,7 +240,7 @@ class Bench:
             for b, r in per.items():
                 rows.append({"model": Path(self.args.model).name, "artifact": name, "batch": b, **r,
                              "speedup": res["dense"][b]["median_ms"] / r["median_ms"]})
-        write_rows(self.out / "latency.csv", rows)
+        write_csv(self.out / "latency.csv", rows)
         for r in rows:
             print(f"{r['artifact']:12s} b{r['batch']:>2s} {r['median_ms']:8.2f} ms  x{r['speedup']:.2f}")
 
@@ -260,7 +248,7 @@ class Bench:
         from prune.finetune import TrainConfig, recovery_summary, train
 
         path = self.out / "recover.csv"
-        rows = read_rows(path) if self.args.resume else []
+        rows = read_csv(path) if self.args.resume else []
         done = {(r["target"], r["method"], r["lr"]) for r in rows}
         prep = None
         a = self.args
@@ -289,7 +277,7 @@ class Bench:
                    "train_images": len(train_y), "epochs": a.recover_epochs, "lr": float(lr),
                    "seconds": time.perf_counter() - t}
             rows.append(row)
-            write_rows(path, rows)
+            write_csv(path, rows)
             print(f"recover {method:5s} target {target:.2f} lr {float(lr):g}: one-shot {oneshot:.4f} -> {row['recovered_top1']:.4f} "
                   f"(held-out one-shot {rec['oneshot']:.4f}, best {rec['best']:.4f}, last {rec['last']:.4f})", flush=True)
 
@@ -307,10 +295,10 @@ class Bench:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        one = read_rows(self.out / "oneshot.csv")
-        lat = {(r["artifact"], r["batch"]): float(r["median_ms"]) for r in read_rows(self.out / "latency.csv")}
+        one = read_csv(self.out / "oneshot.csv")
+        lat = {(r["artifact"], r["batch"]): float(r["median_ms"]) for r in read_csv(self.out / "latency.csv")}
         rec = {}
-        for r in read_rows(self.out / "recover.csv"):  # the best learning rate of each (method, target)
+        for r in read_csv(self.out / "recover.csv"):  # the best learning rate of each (method, target)
             key = (r["method"], r["target"])
             rec[key] = max(rec.get(key, 0.0), float(r["recovered_top1"]))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -341,9 +329,9 @@ class Bench:
     def table(self):
         import statistics
 
-        one = read_rows(self.out / "oneshot.csv")
-        lat = {(r["artifact"], r["batch"]): float(r["speedup"]) for r in read_rows(self.out / "latency.csv")}
-        rec = read_rows(self.out / "recover.csv")
+        one = read_csv(self.out / "oneshot.csv")
+        lat = {(r["artifact"], r["batch"]): float(r["speedup"]) for r in read_csv(self.out / "latency.csv")}
+        rec = read_csv(self.out / "recover.csv")
         lines = [f"Model `{Path(self.args.model).name}`, dense top-1 {float(one[0]['dense_top1']) * 100:.2f}%, "
                  f"{int(one[0]['dense_macs']):,} MACs.", "",
                  "| MACs removed (target) | method | one-shot top-1 (mean of seeds, min-max) | MACs removed | ORT b1 speed-up | "
@@ -405,20 +393,6 @@ def tp_recipe(graded, ratio: float, example):
             m.head_dim = m.attn_dim // m.num_heads
     model.zero_grad(set_to_none=True)
     return model.eval()
-
-
-def read_rows(path: Path) -> list[dict]:
-    return list(csv.DictReader(open(path))) if path.is_file() else []
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    from prune.io import atomic_path
-
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 if __name__ == "__main__":

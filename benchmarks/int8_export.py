@@ -17,7 +17,6 @@ as they come) and `latency` (every file at batch 1 and 32 in one alternating run
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import split_images, write_csv
 
 VARIANTS = ("fp32", "dynamic", "static", "static_u8s8", "static_allops", "opt_dynamic")
 
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
                 rows.append({"model": Path(args.model).name, "artifact": name, "variant": v,
                              "top1": float((p == y_eval).mean()), "agreement_with_fp32": float((p == ref).mean()),
                              "images": len(y_eval), "bytes": files[f"{name}.{v}"].stat().st_size})
-                write(out / "accuracy.csv", rows)
+                write_csv(out / "accuracy.csv", rows)
                 print(f"{name:7s} {v:14s} top1 {rows[-1]['top1']:.4f} agreement {rows[-1]['agreement_with_fp32']:.4f}",
                       flush=True)
     if "latency" in args.phases:
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
         base = res["dense.fp32"]
         rows = [{"artifact": k, "batch": b, **r, "speedup_vs_dense_fp32": base[b]["median_ms"] / r["median_ms"]}
                 for k, per in res.items() for b, r in per.items()]
-        write(out / "latency.csv", rows)
+        write_csv(out / "latency.csv", rows)
         flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
         (out / "machine.json").write_text(json.dumps({
             "cpu": next((l.split(":", 1)[1].strip() for l in flags.splitlines() if l.startswith("model name")), platform.processor()),
@@ -95,16 +96,7 @@ def main(argv=None) -> None:
 
 
 def split(source, name, data_cfg, n, model):
-    import random
-
-    from prune.data import find_columns, load_split, make_transform, stack_rows
-
-    ds = load_split(source, name)
-    img, lab = find_columns(ds, None, None)
-    rows = list(range(len(ds)))
-    if n is not None and n < len(rows):
-        rows = sorted(random.Random(0).sample(rows, n))
-    x, y = stack_rows(ds, make_transform(data_cfg), img, lab, name, rows, int(model.num_classes))
+    x, y = split_images(source, name, data_cfg, int(model.num_classes), n, seed=0)
     return x, y.numpy()
 
 
@@ -155,13 +147,6 @@ def predictions(path: Path, x: torch.Tensor) -> np.ndarray:
     sess = ort_session(path, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[s:s + 256].numpy()})[0].argmax(-1) for s in range(0, len(x), 256)])
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        w.writeheader()
-        w.writerows(rows)
 
 
 if __name__ == "__main__":

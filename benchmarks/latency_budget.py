@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import time
 from pathlib import Path
 
+from common import appending_csv
 from prune.cli import main as prune
 from prune.report import anchored_prediction
 
@@ -41,18 +41,11 @@ def main(argv=None) -> None:
             f"bench.repeats={args.repeats}", "bench.pytorch=false", "bench.until_stable=true", *args.sets]
     base += [f"data.eval_images={args.eval_images}"] if args.eval_images else []
     path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["model", "budget", "target", "eval_images", "dense_top1", "pruned_top1", "final_top1", "macs_kept",
               "dense_ms", "pruned_ms", "speedup", "predicted_dense_ms", "predicted_pruned_ms", "prediction_error",
               "anchored_error", "noisy", "table_seconds", "run_seconds"]
-    new = not path.exists()
-    if not new and path.read_text().split("\n", 1)[0].split(",") != fields:
-        raise SystemExit(f"{path} has other columns (an older version of this script); give a new --csv")
     sweeps = [("latency", args.latency_ratios), ("macs", args.macs_ratios)]
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
+    with appending_csv(path, fields) as append:
         for budget, targets in sweeps:
             if not targets:
                 continue
@@ -67,8 +60,7 @@ def main(argv=None) -> None:
             seconds = round(time.perf_counter() - start, 1)
             for label in json.loads((out / "summary.json").read_text())["targets"]:
                 t = float(label.rsplit("-", 1)[1])
-                w.writerow(_row(args, budget, t, out / "targets" / label, seconds))
-                f.flush()
+                append(_row(args, budget, t, out / "targets" / label, seconds))
 
 
 def _row(args, budget: str, t: float, out: Path, seconds: float) -> dict:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import torch
+from common import appending_csv
 
 FIELDS = ["model", "plan", "macs_kept", "dense_ms", "pruned_ms", "speedup", "predicted_speedup",
           "isolated_speedup", "prediction_error", "isolated_error", "scale_heads", "scale_ffn", "table_seconds"]
@@ -52,13 +52,7 @@ def main(argv=None) -> None:
     spec = lat.LatencySpec(threads=args.threads)
     table = lat.latency_table(model, spec, input_size)
     isolated = dataclasses.replace(table, scale={})
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as out, tempfile.TemporaryDirectory(prefix="latency-prediction-") as tmp:
-        w = csv.DictWriter(out, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
+    with appending_csv(Path(args.csv), FIELDS) as append, tempfile.TemporaryDirectory(prefix="latency-prediction-") as tmp:
         x = torch.randn(1, *input_size)
         export_onnx(model, x, Path(tmp) / "dense.onnx")
         for i, plan in enumerate(plans):
@@ -89,8 +83,7 @@ def main(argv=None) -> None:
                    "isolated_error": round(dense * iso / table.dense_ms / pruned - 1, 4),
                    "scale_heads": round(table.scale.get(HEADS.kind, 1.0), 4),
                    "scale_ffn": round(table.scale.get(FFN.kind, 1.0), 4), "table_seconds": round(table.seconds, 1)}
-            w.writerow(row)
-            out.flush()
+            append(row)
             print(row, flush=True)
 
 

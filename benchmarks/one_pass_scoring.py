@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from common import split_images
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,18 +30,12 @@ def main(argv=None) -> None:
     ap.add_argument("--json", default=None, help="write the measurement here")
     args = ap.parse_args(argv)
 
-    import random
-
-    from prune.data import find_columns, load_split, make_transform, stack_rows
     from prune.gates import attribution_rows, first_order_tables
     from prune.models import load_model
     from prune.units import FFN, HEADS
 
     model, data_cfg, _ = load_model(args.model)
-    ds = load_split(args.data, args.split)
-    img, lab = find_columns(ds, None, None)
-    rows = sorted(random.Random(0).sample(range(len(ds)), min(args.images, len(ds))))
-    x, y = stack_rows(ds, make_transform(data_cfg), img, lab, args.split, rows, int(model.num_classes))
+    x, y = split_images(args.data, args.split, data_cfg, int(model.num_classes), args.images, seed=0)
     batches = lambda: [(x[s:s + args.batch_size], y[s:s + args.batch_size]) for s in range(0, len(y), args.batch_size)]  # noqa: E731
     n_cls, L = int(model.num_classes), len(model.blocks)
 

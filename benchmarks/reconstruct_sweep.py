@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import itertools
 import json
 from pathlib import Path
 
+from common import appending_csv
 from prune.cli import main as prune
 
 
@@ -53,7 +53,6 @@ def main(argv=None) -> None:
     base = [f"model.name={args.model}", f"data.source={args.data}", "finetune.epochs=0", "export.enabled=false",
             "bench.enabled=false"] + ([f"data.eval_images={args.eval_images}"] if args.eval_images else [])
     path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["model", "macs_ratio", "reconstruct", "images", "ridge", "eval_images", "dense_top1", "oneshot_top1",
               "refitted_top1", "reconstruct_seconds"]
     blockwise = [dict(zip(("start", "steps", "lr"), c)) for c in itertools.product(
@@ -61,11 +60,7 @@ def main(argv=None) -> None:
     methods = [(m, c) for m in args.methods.split(",") for c in (blockwise if m == "blockwise" else [{}])]
     if "blockwise" in args.methods.split(","):
         fields += ["start", "steps", "lr"]
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
+    with appending_csv(path, fields) as append:
         for t in [float(x) for x in args.targets.split(",")]:
             out = Path(args.runs) / f"macs{t}"
             for n in [int(x) for x in args.images.split(",")]:
@@ -78,8 +73,7 @@ def main(argv=None) -> None:
                            "ridge": ridge, "eval_images": acc["dense"]["images"], "dense_top1": acc["dense"]["top1"],
                            "oneshot_top1": acc["pruned"]["top1"], "refitted_top1": acc["refitted"]["top1"],
                            "reconstruct_seconds": round(s["reconstruct"]["seconds"], 1), **c}
-                    w.writerow(row)
-                    f.flush()
+                    append(row)
                     print(row, flush=True)
 
 

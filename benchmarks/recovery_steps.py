@@ -13,10 +13,10 @@ variant share its scoring and cut. A row is appended to the CSV after every conf
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
+from common import appending_csv
 from reconstruct_sweep import run  # the shipped CIFAR recipe with overrides, into one run directory
 
 NULL_SHARE = "prune.reconstruct_prefix_share=null"  # the re-fit as it was before the CLS weighting: every token alike
@@ -68,15 +68,10 @@ def main(argv=None) -> None:
     base = [f"model.name={args.model}", f"data.source={args.data}", "export.enabled=false", "bench.enabled=false",
             f"prune.iterations={args.iterations}"] + ([f"data.eval_images={args.eval_images}"] if args.eval_images else [])
     path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["model", "macs_ratio", "variant", "distill", "recover_epochs", "recover_images", "eval_images",
               "dense_top1", "oneshot_top1", "refitted_top1", "finetuned_top1", "importance_s", "reconstruct_s",
               "finetune_s"]
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
+    with appending_csv(path, fields) as append:
         for t in [float(x) for x in args.targets.split(",")]:
             for variant in args.variants.split(","):
                 out = Path(args.runs) / f"macs{t}_{variant}"
@@ -94,8 +89,7 @@ def main(argv=None) -> None:
                            "finetuned_top1": acc.get("finetuned", {}).get("top1"),
                            "importance_s": seconds(out, "importance"), "reconstruct_s": seconds(out, "reconstruct"),
                            "finetune_s": seconds(out, "finetune") if epochs else None}
-                    w.writerow(row)
-                    f.flush()
+                    append(row)
                     print(row, flush=True)
 
 

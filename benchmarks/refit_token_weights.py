@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import time
 from pathlib import Path
 
 import torch
+from common import appending_csv, top1
 
 FIELDS = ["model", "cut", "calibration_images", "eval_images", "prefix_weight", "last_prefix_only", "dense_top1",
           "cut_top1", "refitted_top1", "seconds"]
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     settings = [(float(w), bool(int(last))) for w, last in (s.split(":") for s in args.settings.split(","))]
 
     from prune.checkpoint import load_pruned
-    from prune.data import ImageDataset, collate, find_columns, load_split, make_transform
+    from prune.data import open_split, stack_rows
     from prune.models import load_model
     from prune.reconstruct import refit
 
@@ -48,37 +48,22 @@ def main(argv=None) -> None:
     cut, _ = load_pruned(args.cut)
     dense.eval()
     cut.eval()
-    tf = make_transform(data_cfg)
-    train, test = load_split(args.data, "train"), load_split(args.data, "test")
-    img, lab = find_columns(train)
-    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:args.images].tolist()
-    cal = ImageDataset(train, tf, img, lab, "train", rows)
-    cal_batches = [collate([cal[i] for i in range(j, min(j + 64, len(cal)))]) for j in range(0, len(cal), 64)]
-    ev = ImageDataset(test, tf, img, lab, "test", list(range(args.eval_images)))
-    ev_batches = [collate([ev[i] for i in range(j, min(j + 250, len(ev)))]) for j in range(0, len(ev), 250)]
-
-    def top1(m) -> float:
-        with torch.no_grad():
-            return sum((m(b[0]).argmax(-1) == b[1]).sum().item() for b in ev_batches) / args.eval_images
-
-    dense_top1, cut_top1 = top1(dense), top1(cut)
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
+    train, test = open_split(args.data, "train"), open_split(args.data, "test")
+    rows = torch.randperm(len(train.ds), generator=torch.Generator().manual_seed(1))[:args.images].tolist()
+    x, y = stack_rows(train, data_cfg, rows)
+    cal_batches = [(x[j:j + 64], y[j:j + 64]) for j in range(0, len(x), 64)]
+    ex, ey = stack_rows(test, data_cfg, list(range(args.eval_images)))
+    dense_top1, cut_top1 = top1(dense, ex, ey), top1(cut, ex, ey)
+    with appending_csv(Path(args.csv), FIELDS) as append:
         for weight, last in settings:
             m = copy.deepcopy(cut)
             start = time.perf_counter()
             refit(m, dense, cal_batches, ridge=args.ridge, prefix_weight=weight, last_prefix_only=last)
             row = {"model": Path(args.model).name, "cut": args.cut, "calibration_images": args.images,
                    "eval_images": args.eval_images, "prefix_weight": weight, "last_prefix_only": last,
-                   "dense_top1": dense_top1, "cut_top1": cut_top1, "refitted_top1": top1(m),
+                   "dense_top1": dense_top1, "cut_top1": cut_top1, "refitted_top1": top1(m, ex, ey),
                    "seconds": round(time.perf_counter() - start, 1)}
-            w.writerow(row)
-            f.flush()
+            append(row)
             print(row, flush=True)
 
 

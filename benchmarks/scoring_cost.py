@@ -38,25 +38,23 @@ def main(argv=None) -> None:
 
     import torch
 
-    from prune.data import find_columns, labels_of, load_split, make_transform, sample_per_class, stack_rows
+    from prune.data import open_split, sample_per_class, stack_rows
     from prune.criteria import ImportanceContext, get_criterion
     from prune.io import write_json
     from prune.models import load_model
     from prune.paths import locate_paths
-    from prune.progressive import progressive_table
+    from prune.schedule import progressive_table
     from prune.units import FFN
 
     model, data_cfg, _ = load_model(args.model)
-    ds = load_split(args.data, "train")
-    img, lab = find_columns(ds)
-    tf = make_transform(data_cfg)
+    train = open_split(args.data, "train")
     C = model.num_classes
 
     def tensors(rows):
-        return stack_rows(ds, tf, img, lab, "train", rows, C)
+        return stack_rows(train, data_cfg, rows, C)
 
-    px, py = tensors(sample_per_class(labels_of(ds, lab), args.images_per_class, C, 0))
-    cx, cy = tensors(sorted(random.Random(0).sample(range(len(ds)), args.calibration_images)))
+    px, py = tensors(sample_per_class(train.labels(), args.images_per_class, C, 0))
+    cx, cy = tensors(sorted(random.Random(0).sample(range(len(train.ds)), args.calibration_images)))
     chunk = lambda x, y, n: [(x[s:s + n], y[s:s + n]) for s in range(0, len(y), n)]  # noqa: E731
     ctx = ImportanceContext(model, calibration=lambda: chunk(cx, cy, 256), example_inputs=cx[:1],
                             path_images=lambda: chunk(px, py, 256), steps=args.steps, rows=args.batch_size)

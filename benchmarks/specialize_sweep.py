@@ -23,6 +23,8 @@ import shutil
 import time
 from pathlib import Path
 
+from common import read_csv, write_csv
+
 # name -> importance kind, block budgets
 CONFIGS = {
     "path_attribution_global": ("path_attribution", "global"),
@@ -175,24 +177,15 @@ def cost(args, subsets, recipe, out: Path, full: Path, quiet: dict) -> None:
 
 
 def read_rows(path: Path) -> tuple[list[dict], set]:
-    import csv
-
     if not path.is_file():
         return [], set()
-    rows = list(csv.DictReader(open(path)))
+    rows = read_csv(path)
     print(f"resuming: {len(rows)} configurations already measured in {path}")
     return rows, {(r["classes"], r["config"], r["ratio"]) for r in rows}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    from prune.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, rows, list(rows[0]))
     write_json_rows(path.with_suffix(".json"), rows)
 
 

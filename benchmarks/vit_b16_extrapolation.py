@@ -39,10 +39,9 @@ def main(argv=None) -> None:
 
     from prune.bench import measure, torch_runner
     from prune.models import load_model
-    from prune.budget import PruneSettings
     from prune.budget import count_params_macs
     from prune.pruning import prune_ffn
-    from prune.recipe import load_recipe
+    from prune.recipe import PruneCfg, load_recipe
 
     recipe = load_recipe(args.recipe)
     name = "vit_tiny_patch16_224" if args.quick else recipe.model.name.split(".")[0]
@@ -76,7 +75,7 @@ def main(argv=None) -> None:
     example = torch.randn(1, *data_cfg.input_size)
     L, D = len(pruned.blocks), pruned.blocks[0].mlp.fc1.out_features
     prune_ffn(pruned, torch.rand(L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
-              PruneSettings(ratio=0.5), example)
+              PruneCfg(ratio=0.5, scope="uniform"), example)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     lat = measure({"dense": torch_runner(dense), "pruned": torch_runner(pruned)}, data_cfg.input_size, sizes,
                   warmup=1, repeats=args.repeats)

@@ -267,14 +267,47 @@ def collate(samples):
             torch.tensor([s[2] for s in good]), bad)
 
 
-def stack_rows(ds, transform, image_column: str, label_column: str, split: str, rows: list[int],
-               num_classes: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """`rows` of a split as one image tensor `[n, C, H, W]` and its labels `[n]`, for code that keeps a
-    few hundred images in memory (benchmarks, the export check)."""
-    dataset = ImageDataset(ds, transform, image_column, label_column, split, rows, num_classes)
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset with its image and label column names (`open_split`)."""
+
+    ds: object  # a `datasets.Dataset`
+    image_column: str
+    label_column: str
+    name: str
+
+    def labels(self) -> list[int]:
+        return labels_of(self.ds, self.label_column)
+
+
+def open_split(source: str, split: str, image_column: str | None = None, label_column: str | None = None) -> Split:
+    """`load_split` and its columns (`find_columns`: given, else detected)."""
+    ds = load_split(source, split)
+    return Split(ds, *find_columns(ds, image_column, label_column), split)
+
+
+def load_images(split: Split, data_cfg: DataConfig, rows: list[int] | None = None, *, num_classes: int | None = None,
+                skip_bad: bool = False, label_map: dict[int, int] | None = None,
+                transform=None) -> ImageDataset:
+    """`rows` of a split (all of them if None) as model inputs `(image, label, row)`, prepared with the model's
+    timm evaluation transform (`make_transform(data_cfg)`, or `transform`): the one way the stages, the
+    commands and the benchmarks turn a split into images."""
+    return ImageDataset(split.ds, transform if transform is not None else make_transform(data_cfg), split.image_column,
+                        split.label_column, split.name, rows, num_classes, skip_bad, label_map)
+
+
+def stack(dataset: ImageDataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset as one image tensor `[n, C, H, W]` and its labels `[n]`, for code that keeps a few hundred
+    images in memory (benchmarks, the export check)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     xs, ys = zip(*[(x, y) for x, y, _, _ in loader])
     return torch.cat(xs), torch.cat(ys)
+
+
+def stack_rows(split: Split, data_cfg: DataConfig, rows: list[int], num_classes: int | None = None,
+               batch_size: int = 256, transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` of a split as one image tensor and its labels (`load_images`, then `stack`)."""
+    return stack(load_images(split, data_cfg, rows, num_classes=num_classes, transform=transform), batch_size)
 
 
 def labels_of(ds, label_column: str) -> list[int]:

@@ -17,17 +17,17 @@ def train_digits_vit(out_dir: str | Path, epochs: int = 60, seed: int = 0) -> di
     import torch
 
     from .checkpoint import write_model_dir
-    from .data import ImageDataset, make_transform
+    from .data import Split, load_images
     from .digits import DIGITS_ARCH, DIGITS_KWARGS, DIGITS_MEAN, DIGITS_STD, digits_dataset
     from .finetune import TrainConfig, evaluate, train
     from .models import DataConfig
 
     torch.manual_seed(seed)
     model = timm.create_model(DIGITS_ARCH, pretrained=False, **DIGITS_KWARGS)
-    tf = make_transform(DataConfig((3, 8, 8), DIGITS_MEAN, DIGITS_STD, "bicubic", 1.0))
+    data_cfg = DataConfig((3, 8, 8), DIGITS_MEAN, DIGITS_STD, "bicubic", 1.0)
     ds = digits_dataset()
-    train_set = ImageDataset(ds["train"], tf, "img", "label", "train")
-    test_set = ImageDataset(ds["test"], tf, "img", "label", "test")
+    train_set = load_images(Split(ds["train"], "img", "label", "train"), data_cfg)
+    test_set = load_images(Split(ds["test"], "img", "label", "test"), data_cfg)
     history = train(model, train_set, test_set, TrainConfig(epochs=epochs, batch_size=64, lr=2e-3,
                                                             warmup_epochs=3, label_smoothing=0.1, seed=seed))
     model = model.eval()

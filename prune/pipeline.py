@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from . import dist
 from .io import write_json
@@ -23,11 +24,26 @@ from .run import RunDir, stage_key
 from .stages import baseline, bench, evaluate, export, finetune, importance, paths, prune, reconstruct, report
 from .stages.context import RunContext
 
-PIPELINE = (paths, importance, prune, baseline, evaluate, reconstruct, finetune, export, bench, report)
+
+class Stage(Protocol):
+    """What a stage module (`prune/stages/<name>.py`) provides: its directory's name, whether every process
+    builds it under `accelerate launch`, its inputs (the cache key; None when the recipe skips it) and its build
+    (writes `out`, returns the stage's info)."""
+
+    NAME: str
+    DISTRIBUTED: bool
+
+    def inputs(self, ctx: RunContext) -> dict | None: ...
+
+    def build(self, ctx: RunContext, out: Path) -> dict: ...
+
+
+PIPELINE: tuple[Stage, ...] = (paths, importance, prune, baseline, evaluate, reconstruct, finetune, export, bench,
+                               report)
 STAGES = tuple(s.NAME for s in PIPELINE)
 
 
-def stage_code(stage) -> str:
+def stage_code(stage: Stage) -> str:
     """The digest of the code that builds `stage`: its module and the run context it calls, with all they import."""
     return code_digest(stage.__name__, RunContext.__module__)
 

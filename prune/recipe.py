@@ -181,15 +181,6 @@ class PruneCfg(_Section):
                 raise ValueError(f"round_to must be 1 or more, not {x}")
         return v
 
-    def settings(self):
-        """The pruner's settings (`budget.PruneSettings`)."""
-        from .budget import PruneSettings
-
-        return PruneSettings(ratio=self.ratio, scope=self.scope, max_layer_ratio=self.max_layer_ratio,
-                             round_to=self.round_to, compensate=self.compensate, macs_ratio=self.macs_ratio,
-                             latency_ratio=self.latency_ratio,
-                             min_layer_ratio=self.min_layer_ratio)
-
     @field_validator("budget_kind")
     @classmethod
     def _known_budget(cls, v):

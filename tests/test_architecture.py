@@ -140,3 +140,47 @@ def test_only_the_artifacts_module_says_which_stage_holds_a_model():
                  if named.search(p.read_text())]
     assert not offenders, f"stages loading a model from a stage they name: {offenders}"
     assert named.search('load_pruned(ctx.run_dir.path(prune.NAME))')
+
+
+def test_only_the_data_module_builds_image_datasets():
+    """Images reach the stages, the commands and the benchmarks through `prune.data.load_images` (one path:
+    the split, its columns, the model's transform); nobody else constructs an `ImageDataset` from a split."""
+    offenders = []
+    for p in PACKAGE.rglob("*.py"):
+        if p == PACKAGE / "data.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ImageDataset":
+                offenders.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, f"ImageDataset built outside prune/data.py (use data.load_images): {offenders}"
+
+
+def test_seams_are_abstract_not_stubs():
+    """The unit, criterion and schedule seams are abstract classes: a missing method fails at instantiation,
+    not as a `NotImplementedError` deep in a run."""
+    offenders = [f"{p.relative_to(PACKAGE.parent)}:{node.lineno}" for p in PACKAGE.rglob("*.py")
+                 for node in ast.walk(ast.parse(p.read_text()))
+                 if isinstance(node, ast.Raise) and node.exc is not None
+                 and "NotImplementedError" in ast.unparse(node.exc)]
+    assert not offenders, f"NotImplementedError stubs: {offenders}"
+    import inspect
+
+    from prune.criteria.base import BlockCriterion, Criterion
+    from prune.schedule import Schedule
+    from prune.units.base import Unit
+
+    for seam in (Unit, Criterion, BlockCriterion, Schedule):
+        assert inspect.isabstract(seam), seam
+
+
+def test_a_schedule_is_one_class_in_the_registry():
+    """`prune.mode` values are the schedules in `schedule.SCHEDULES`; the stages ask the registry, never the mode."""
+    import typing
+
+    from prune.recipe import PruneCfg
+    from prune.schedule import SCHEDULES
+
+    assert set(typing.get_args(PruneCfg.model_fields["mode"].annotation)) == set(SCHEDULES)
+    assert "prune.progressive" not in import_graph()
+    context = (PACKAGE / "stages" / "context.py").read_text()
+    assert '"progressive"' not in context and '"iterative"' not in context

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_vit
 
 from prune.bench import ROW_COLUMNS, measure, torch_runner
-from prune.budget import PruneSettings
+from prune.recipe import PruneCfg
 from prune.cli import main
 from prune.models import ModelSpec
 from prune.checkpoint import save_pruned
@@ -32,7 +32,7 @@ def test_bench_writes_timm_named_rows_as_csv_and_json(tmp_path, capsys):
     model = tiny_vit()
     widths = FFN.widths(model)
     x = torch.zeros(1, 3, 16, 16)
-    kept = prune_units(model, FFN, torch.rand(4, 64), PruneSettings(ratio=0.5), x, keep=[32] * 4)
+    kept = prune_units(model, FFN, torch.rand(4, 64), PruneCfg(ratio=0.5, scope="uniform"), x, keep=[32] * 4)
     d = tmp_path / "m"
     save_pruned(model, d, ModelSpec("vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=32, depth=4,
                 num_heads=2, mlp_ratio=2.0, num_classes=5)), {"ffn": kept}, {"ffn": widths})

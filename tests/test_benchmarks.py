@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load(name):
+    """A script as a module; its directory on sys.path, as when it runs (`python benchmarks/x.py`)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -9,7 +9,7 @@ import torch
 from conftest import trained_tiny_vit
 from prune.cli import main
 from prune.export import ParityError, check_parity, export_onnx
-from prune.budget import PruneSettings
+from prune.recipe import PruneCfg
 from prune.pruning import prune_ffn
 
 FULL = ["paths.images_per_class=2", "paths.steps=2", "importance.calibration_images=64", "data.eval_images=100",
@@ -21,7 +21,7 @@ def test_onnx_matches_pytorch_for_dense_and_pruned(tmp_path):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     dense = trained_tiny_vit()
     pruned = trained_tiny_vit()
-    prune_ffn(pruned, torch.rand(4, 64, dtype=torch.float64), PruneSettings(ratio=0.5), x[:1])
+    prune_ffn(pruned, torch.rand(4, 64, dtype=torch.float64), PruneCfg(ratio=0.5, scope="uniform"), x[:1])
     for name, model in (("dense", dense), ("pruned", pruned)):
         meta = export_onnx(model, x[:1], tmp_path / f"{name}.onnx")
         assert meta["weights_inline"] and meta["opset"] == 18

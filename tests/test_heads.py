@@ -9,7 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from prune.budget import PruneSettings, allocate_macs, max_removable_macs
+from prune.budget import allocate_macs, layer_cap, layer_floor, max_removable_macs
+from prune.recipe import PruneCfg
 from prune.errors import ConfigError
 from prune.gates import block_attribution, first_order_tables, unit_masks
 from prune.models import ModelSpec
@@ -69,7 +70,7 @@ def test_head_removal_equals_hand_sliced_reference_and_zeroed_gates():
         proj.weight.data, proj.bias.data = a.proj.weight.data[:, cols].clone(), a.proj.bias.data.clone()
         a.qkv, a.proj, a.num_heads, a.attn_dim = qkv, proj, len(keep), len(keep) * hd
     widths = HEADS.widths(model)
-    kept = prune_units(model, HEADS, table_removing(widths, removed), PruneSettings(), X[:1],
+    kept = prune_units(model, HEADS, table_removing(widths, removed), PruneCfg(scope="uniform"), X[:1],
                        keep=[w - len(removed[l]) for l, w in enumerate(widths)])
     assert kept == [[0, 2, 3], [1, 2], [0, 1, 2, 3]]
     assert HEADS.widths(model) == [3, 2, 4] and model.blocks[1].attn.qkv.out_features == 3 * 2 * 8
@@ -90,9 +91,9 @@ def test_emptied_block_equals_zeroed_gates_and_survives_save_load(tmp_path):
         gated = model(X)
     fw, hw = FFN.widths(model), HEADS.widths(model)
     kept = {}
-    kept["ffn"] = prune_units(model, FFN, table_removing(fw, ffn_removed), PruneSettings(), X[:1],
+    kept["ffn"] = prune_units(model, FFN, table_removing(fw, ffn_removed), PruneCfg(scope="uniform"), X[:1],
                               keep=[w - len(ffn_removed.get(l, [])) for l, w in enumerate(fw)])
-    kept["heads"] = prune_units(model, HEADS, table_removing(hw, head_removed), PruneSettings(), X[:1],
+    kept["heads"] = prune_units(model, HEADS, table_removing(hw, head_removed), PruneCfg(scope="uniform"), X[:1],
                                 keep=[w - len(head_removed.get(l, [])) for l, w in enumerate(hw)])
     b = model.blocks[1]
     assert is_empty(b.attn) and is_empty(b.mlp) and isinstance(b.norm1, nn.Identity) and isinstance(b.norm2, nn.Identity)
@@ -123,9 +124,9 @@ def test_head_pruned_model_exports_to_onnx_with_parity(tmp_path):
 
     model = vit()
     hw = HEADS.widths(model)
-    prune_units(model, HEADS, table_removing(hw, {0: [0], 2: [1, 2, 3]}), PruneSettings(), X[:1], keep=[3, 4, 1])
+    prune_units(model, HEADS, table_removing(hw, {0: [0], 2: [1, 2, 3]}), PruneCfg(scope="uniform"), X[:1], keep=[3, 4, 1])
     fw = FFN.widths(model)
-    prune_units(model, FFN, table_removing(fw, {1: list(range(64))}), PruneSettings(), X[:1], keep=[64, 0, 64])
+    prune_units(model, FFN, table_removing(fw, {1: list(range(64))}), PruneCfg(scope="uniform"), X[:1], keep=[64, 0, 64])
     info = export_checked(model, torch.cat([X, X])[:8], tmp_path / "m.onnx", opset=18, atol=1e-4)
     assert (tmp_path / "m.onnx").is_file()
     assert all(v["max_abs_diff"] < 1e-4 for k, v in info["parity"].items() if k.startswith("batch_"))
@@ -134,7 +135,7 @@ def test_head_pruned_model_exports_to_onnx_with_parity(tmp_path):
 def test_structure_v1_still_loads(tmp_path):
     model = vit()
     fw = FFN.widths(model)
-    kept = prune_units(model, FFN, torch.rand(3, 64, dtype=torch.float64), PruneSettings(ratio=0.5), X[:1])
+    kept = prune_units(model, FFN, torch.rand(3, 64, dtype=torch.float64), PruneCfg(ratio=0.5, scope="uniform"), X[:1])
     save_pruned(model, tmp_path, ModelSpec("vit_tiny_patch16_224", KW), {"ffn": kept}, {"ffn": fw})
     s = json.loads((tmp_path / "structure.json").read_text())
     v1 = {k: v for k, v in s.items() if k != "units"}
@@ -153,7 +154,7 @@ def test_head_and_neuron_costs_are_what_the_counter_measures():
     for unit, n in ((FFN, 5), (HEADS, 1), (HEADS, 2)):
         m = vit()
         w = unit.widths(m)
-        prune_units(m, unit, torch.rand(3, max(w), dtype=torch.float64), PruneSettings(), X[:1], keep=[w[0] - n, w[1], w[2]])
+        prune_units(m, unit, torch.rand(3, max(w), dtype=torch.float64), PruneCfg(scope="uniform"), X[:1], keep=[w[0] - n, w[1], w[2]])
         _, after = count_params_macs(m, X[:1])
         assert dense - after == n * unit.cost(vit(), T)[0]
     # the head's cost: q, k, v rows and proj column at every token + both attention matmuls
@@ -165,8 +166,8 @@ def brute_force_check(tables, widths, costs, target, settings, kept):
     assert removed >= target
     for kind in widths:
         for w, k in zip(widths[kind], kept[kind]):
-            assert w - k <= math.floor(w * settings.cap(kind) + 1e-9)  # cap
-            assert w - k >= math.ceil(w * settings.floor(kind) - 1e-9)  # floor
+            assert w - k <= math.floor(w * layer_cap(settings, kind) + 1e-9)  # cap
+            assert w - k >= math.ceil(w * layer_floor(settings, kind) - 1e-9)  # floor
     return removed
 
 
@@ -175,12 +176,12 @@ def test_allocation_ranks_by_score_per_cost_with_floors_and_caps():
     costs = {"ffn": [10, 10], "heads": [100, 100]}
     tables = {"ffn": torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), "heads": torch.tensor([[20.0, 900], [50, 1000]])}
     # score per MAC: ffn 0.1..0.8, heads 0.2, 9, 0.5, 10 -> removal order ffn0.0(0.1), ffn0.1, heads0.0(0.2), ffn0.2, ...
-    s = PruneSettings(macs_ratio=0.5, max_layer_ratio=1.0)
+    s = PruneCfg(macs_ratio=0.5, max_layer_ratio=1.0, scope="uniform")
     kept = allocate_macs(tables, widths, costs, 125, s)
     assert kept == {"ffn": [1, 4], "heads": [1, 2]}  # 0.1, 0.2 (ffn), 0.2 (head, 100 MACs) -> 120, then 0.3 -> 130
     brute_force_check(tables, widths, costs, 125, s, kept)
     # a cap of half the heads per block, and a floor of a quarter of the neurons in every block
-    s = PruneSettings(macs_ratio=0.5, max_layer_ratio={"ffn": 1.0, "heads": 0.5}, min_layer_ratio={"ffn": 0.25})
+    s = PruneCfg(macs_ratio=0.5, max_layer_ratio={"ffn": 1.0, "heads": 0.5}, min_layer_ratio={"ffn": 0.25}, scope="uniform")
     kept = allocate_macs(tables, widths, costs, 250, s)  # 280 is the most the caps allow
     brute_force_check(tables, widths, costs, 250, s, kept)
     assert kept["ffn"][1] <= 3 and min(kept["heads"]) >= 1
@@ -190,7 +191,7 @@ def test_allocation_ranks_by_score_per_cost_with_floors_and_caps():
         widths = {"ffn": [8, 8, 8], "heads": [3, 3, 3]}
         costs = {"ffn": [7, 7, 7], "heads": [50, 60, 70]}
         tables = {k: torch.rand(3, max(w), generator=g, dtype=torch.float64) for k, w in widths.items()}
-        s = PruneSettings(macs_ratio=0.5, max_layer_ratio={"ffn": 0.9, "heads": 1.0}, min_layer_ratio=0.1)
+        s = PruneCfg(macs_ratio=0.5, max_layer_ratio={"ffn": 0.9, "heads": 1.0}, min_layer_ratio=0.1, scope="uniform")
         target = int(torch.randint(1, max_removable_macs(widths, costs, s), (1,), generator=g))
         kept = allocate_macs(tables, widths, costs, target, s)
         brute_force_check(tables, widths, costs, target, s, kept)
@@ -201,7 +202,7 @@ def test_allocation_ranks_by_score_per_cost_with_floors_and_caps():
 def test_plan_keep_reaches_the_macs_target_on_a_model():
     model = vit()
     t = {"ffn": torch.rand(3, 64, dtype=torch.float64), "heads": torch.rand(3, 4, dtype=torch.float64)}
-    s = PruneSettings(macs_ratio=0.4, max_layer_ratio=1.0)
+    s = PruneCfg(macs_ratio=0.4, max_layer_ratio=1.0, scope="uniform")
     keep = plan_keep(model, [FFN, HEADS], t, s, X[:1])
     _, dense = count_params_macs(model, X[:1])
     for u in (FFN, HEADS):
@@ -209,7 +210,7 @@ def test_plan_keep_reaches_the_macs_target_on_a_model():
     _, after = count_params_macs(model, X[:1])
     assert 0.4 <= 1 - after / dense < 0.4 + HEADS.cost(vit(), 17)[0] / dense  # at most one unit past the target
     with pytest.raises(ConfigError, match="prune.macs_ratio 0.9 is unreachable"):
-        check_budget(vit(), [FFN], PruneSettings(macs_ratio=0.9, max_layer_ratio=0.9), X[:1])
+        check_budget(vit(), [FFN], PruneCfg(macs_ratio=0.9, max_layer_ratio=0.9, scope="uniform"), X[:1])
 
 
 def test_one_pass_scores_equal_per_block_scores():

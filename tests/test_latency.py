@@ -10,7 +10,8 @@ import torch
 from conftest import tiny_vit
 
 from prune import latency as lat
-from prune.budget import PruneSettings, allocate_latency
+from prune.budget import allocate_latency
+from prune.recipe import PruneCfg
 from prune.cli import main
 from prune.errors import ConfigError
 
@@ -32,7 +33,7 @@ def test_allocation_meets_the_target_by_score_per_millisecond():
     t = table()
     widths = {"ffn": [64] * 3, "heads": [2] * 3}
     scores = {"ffn": torch.ones(3, 64), "heads": torch.ones(3, 2)}
-    settings = PruneSettings(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
+    settings = PruneCfg(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
     kept = allocate_latency(scores, widths, t, 9.5, settings)
     assert t.predict(kept) <= 9.5 + 1e-9
     # equal scores: a head saves more ms per unit of score than a neuron (0.1 ms, and 0.4 ms for the last
@@ -42,7 +43,7 @@ def test_allocation_meets_the_target_by_score_per_millisecond():
     kept = allocate_latency(scores, widths, t, 9.5, settings)
     assert kept["heads"] == [2, 2, 2] and sum(kept["ffn"]) < 192 and t.predict(kept) <= 9.5 + 1e-9
     with pytest.raises(ConfigError, match="latency_ratio .* is unreachable"):
-        allocate_latency(scores, widths, t, 0.1, PruneSettings(scope="global", max_layer_ratio=0.5, latency_ratio=0.99))
+        allocate_latency(scores, widths, t, 0.1, PruneCfg(scope="global", max_layer_ratio=0.5, latency_ratio=0.99))
 
 
 def test_each_kind_is_calibrated_on_a_whole_model_probe_and_the_prediction_is_exact_there(monkeypatch):
@@ -181,5 +182,5 @@ def test_the_latency_cost_model_is_the_tables_step_and_allocates_as_the_table_do
     assert cost.saving("ffn", 2, 64) == pytest.approx(0.2 / 32)
     widths = {"ffn": [64] * 3, "heads": [2] * 3}
     scores = {"ffn": torch.rand(3, 64, generator=torch.Generator().manual_seed(0)), "heads": torch.ones(3, 2)}
-    settings = PruneSettings(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
+    settings = PruneCfg(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
     assert allocate_latency(scores, widths, cost, 9.5, settings) == allocate_latency(scores, widths, t, 9.5, settings)

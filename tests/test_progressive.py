@@ -1,4 +1,4 @@
-"""Layer-progressive pruning against references that share no code with `prune.progressive`:
+"""Layer-progressive pruning against references that share no code with `prune.schedule`:
 each block scored one image and one step at a time on a model whose earlier blocks were cut for real,
 the completeness identity of integrated gradients, and resume/determinism through the pipeline."""
 
@@ -13,7 +13,7 @@ from conftest import trained_tiny_vit
 from prune.cli import main
 from prune.criteria import ImportanceContext, get_criterion
 from prune.gates import ClassBalancedMean, block_attribution
-from prune.progressive import progressive_table
+from prune.schedule import progressive_table
 from prune.units import FFN
 
 X = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_vit, trained_tiny_vit
 from prune.errors import ConfigError
-from prune.budget import PruneSettings
+from prune.recipe import PruneCfg
 from prune.criteria import CRITERIA, ImportanceContext, PathFrequency, PathTaylor, get_criterion
 from prune.gates import activation_stats
 from prune.models import ModelSpec
@@ -34,7 +34,7 @@ def test_every_criterion_scores_every_neuron_and_prunes(kind):
     ctx = ctx_for(model)
     table = get_criterion(kind).scores(ctx, FFN)
     assert table.shape == (4, 64) and torch.isfinite(table).all()
-    kept = prune_ffn(model, table, PruneSettings(ratio=0.5), X[:1])
+    kept = prune_ffn(model, table, PruneCfg(ratio=0.5, scope="uniform"), X[:1])
     for l, k in enumerate(kept):
         assert len(k) == 32
         # the kept neurons are exactly the 32 best of the table
@@ -46,7 +46,7 @@ def test_every_criterion_scores_every_neuron_and_prunes(kind):
 def test_only_ffn_is_touched():
     model = tiny_vit()
     before = {k: v.shape for k, v in model.state_dict().items()}
-    prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneSettings(ratio=0.25, round_to=8), X[:1])
+    prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneCfg(ratio=0.25, round_to=8, scope="uniform"), X[:1])
     after = {k: v.shape for k, v in model.state_dict().items()}
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {f"blocks.{i}.mlp.{n}" for i in range(4) for n in ("fc1.weight", "fc1.bias", "fc2.weight")}
@@ -60,7 +60,7 @@ def test_global_pruning_follows_one_ranking_with_cap():
     table[1] = 5 + torch.arange(64) / 64
     table[2] = 2 + torch.arange(64) / 64
     table[3] = torch.arange(64) / 64
-    kept = prune_ffn(model, table, PruneSettings(ratio=0.5, scope="global", max_layer_ratio=0.75), X[:1])
+    kept = prune_ffn(model, table, PruneCfg(ratio=0.5, scope="global", max_layer_ratio=0.75), X[:1])
     widths = [len(k) for k in kept]
     assert sum(widths) == 128 and widths[0] == 64 and widths[3] == 16  # block 3 hits the 75% cap
 
@@ -77,7 +77,7 @@ def test_mean_compensation_is_exact_for_constant_neurons():
     stats = activation_stats(model, FFN, [(x, Y)])
     table = torch.ones(4, 64, dtype=torch.float64)
     table[:, dead] = 0
-    prune_ffn(model, table, PruneSettings(ratio=0.5, compensate="mean"), x[:1], act_mean=stats["mean"])
+    prune_ffn(model, table, PruneCfg(ratio=0.5, scope="uniform"), x[:1], act_mean=stats["mean"], compensate="mean")
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=1e-10, atol=1e-10)
     # and without compensation the same pruning changes the outputs
@@ -86,7 +86,7 @@ def test_mean_compensation_is_exact_for_constant_neurons():
         for b in model2.blocks:
             b.mlp.fc1.weight[dead] = 0
             b.mlp.fc1.bias[dead] = torch.linspace(-1, 1, len(dead), dtype=torch.float64)
-    prune_ffn(model2, table, PruneSettings(ratio=0.5), x[:1])
+    prune_ffn(model2, table, PruneCfg(ratio=0.5, scope="uniform"), x[:1])
     with torch.no_grad():
         assert (model2(x) - ref).abs().max() > 1e-3
 
@@ -94,7 +94,7 @@ def test_mean_compensation_is_exact_for_constant_neurons():
 def test_save_load_round_trip_and_plain_timm(tmp_path):
     model = trained_tiny_vit()
     spec = ModelSpec("vit_tiny_patch16_224", KW)
-    kept = prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneSettings(ratio=0.5), X[:1])
+    kept = prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneCfg(ratio=0.5, scope="uniform"), X[:1])
     save_pruned(model, tmp_path, spec, {"ffn": kept}, {"ffn": [64] * 4})
     back, structure = load_pruned(tmp_path)
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_save_load_round_trip_and_plain_timm(tmp_path):
 def test_params_and_macs_shrink():
     model = tiny_vit()
     p0, m0 = count_params_macs(model, X[:1])
-    prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneSettings(ratio=0.5), X[:1])
+    prune_ffn(model, torch.rand(4, 64, dtype=torch.float64), PruneCfg(ratio=0.5, scope="uniform"), X[:1])
     p1, m1 = count_params_macs(model, X[:1])
     ffn_params = 4 * (32 * 32 + 32 + 32 * 32)  # removed: half of fc1 (weight+bias) and half of fc2 weight
     assert p0 - p1 == ffn_params and m1 < m0
@@ -117,7 +117,7 @@ def test_params_and_macs_shrink():
 
 def test_bad_settings():
     with pytest.raises(ConfigError, match="ratio must be in"):
-        prune_ffn(tiny_vit(), torch.rand(4, 64), PruneSettings(ratio=1.0), X[:1])
+        prune_ffn(tiny_vit(), torch.rand(4, 64), PruneCfg.model_construct(ratio=1.0, scope="uniform"), X[:1])
     with pytest.raises(ConfigError, match="unknown importance kind"):
         get_criterion("vibes")
 

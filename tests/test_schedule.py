@@ -6,7 +6,8 @@ import json
 import torch
 from conftest import trained_tiny_vit
 
-from prune.budget import PruneSettings, kept_indices
+from prune.budget import kept_indices
+from prune.recipe import PruneCfg
 from prune.cli import main
 from prune.budget import plan_keep
 from prune.schedule import iterative_tables
@@ -31,7 +32,7 @@ def norms(model):
 
 def test_one_step_is_one_shot():
     dense = trained_tiny_vit()
-    settings = PruneSettings(ratio=0.5, scope="global", max_layer_ratio=1.0, macs_ratio=0.4)
+    settings = PruneCfg(ratio=0.5, scope="global", max_layer_ratio=1.0, macs_ratio=0.4)
     tables, keep = iterative_tables(dense, [FFN, HEADS], norms, None, settings, 1, EXAMPLE, log=lambda m: None)
     want = plan_keep(dense, [FFN, HEADS], norms(dense), settings, EXAMPLE)
     assert keep == want
@@ -42,7 +43,7 @@ def test_one_step_is_one_shot():
 
 def test_more_steps_rescore_the_cut_model_and_never_restore_a_unit():
     dense = trained_tiny_vit()
-    settings = PruneSettings(ratio=0.5, scope="global", max_layer_ratio=1.0, macs_ratio=0.4)
+    settings = PruneCfg(ratio=0.5, scope="global", max_layer_ratio=1.0, macs_ratio=0.4)
     seen, logged = [], []
 
     def score(model):

@@ -15,7 +15,7 @@ import yaml
 from conftest import trained_tiny_vit
 
 import prune  # noqa: F401  (registers prune_vit)
-from prune.budget import PruneSettings
+from prune.recipe import PruneCfg
 from prune.card import ModelCard
 from prune.data import make_transform
 from prune.models import DataConfig, ModelSpec, load_model
@@ -35,7 +35,7 @@ def pruned_dir(path: Path, card: ModelCard | None = None) -> Path:
     model = trained_tiny_vit()  # built with KW
     dense = {u.kind: u.widths(model) for u in (FFN, HEADS)}
     g = torch.Generator().manual_seed(0)
-    settings = PruneSettings(ratio=0.5)
+    settings = PruneCfg(ratio=0.5, scope="uniform")
     kept = {"heads": prune_units(model, HEADS, torch.rand(4, 2, generator=g), settings, X[:1], keep=[1, 0, 2, 1]),
             "ffn": prune_units(model, FFN, torch.rand(4, 64, generator=g), settings, X[:1], keep=[10, 40, 0, 33])}
     save_pruned(model, path, ModelSpec("vit_tiny_patch16_224", KW), kept, dense, DATA, label_names=NAMES, card=card)
@@ -110,7 +110,7 @@ def test_a_pruned_directory_is_a_model_directory_and_prunes_again(tmp_path, dire
     with torch.no_grad():
         torch.testing.assert_close(model(X), load_pruned(directory)[0](X), rtol=0, atol=0)
     widths = FFN.widths(model)
-    kept = prune_units(model, FFN, torch.rand(4, 64), PruneSettings(ratio=0.5), X[:1], keep=[5, 20, 0, 16])
+    kept = prune_units(model, FFN, torch.rand(4, 64), PruneCfg(ratio=0.5, scope="uniform"), X[:1], keep=[5, 20, 0, 16])
     save_pruned(model, tmp_path / "again", spec, {"ffn": kept}, {"ffn": widths}, data_cfg.as_dict())
     args = json.loads((tmp_path / "again/config.json").read_text())["model_args"]
     assert args["base_architecture"] == "vit_tiny_patch16_224"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -21,22 +21,28 @@ from ..errors import ConfigError
 from .costs import CostModel, LatencyCost
 
 
-@dataclass
-class PruneSettings:
-    ratio: float = 0.5  # fraction of units removed
-    scope: str = "uniform"  # "uniform": the same ratio in every block; "global": one ranking across blocks
-    max_layer_ratio: float | dict[str, float] = MAX_LAYER_RATIO  # global: no block loses more than this fraction (per kind)
-    round_to: int | dict[str, int] | None = None  # kept widths are multiples of this (per kind)
-    compensate: str = "none"  # "mean": fold removed units' mean output into the next layer's bias
-    macs_ratio: float | None = None  # share of the dense model's MACs to remove, across all kinds (replaces ratio)
-    min_layer_ratio: float | dict[str, float] = MIN_LAYER_RATIO  # macs_ratio: every block loses at least this fraction (per kind)
-    latency_ratio: float | None = None  # share of the dense model's predicted latency to remove (`latency.py`)
+class BudgetSettings(Protocol):
+    """What the budget reads of the recipe's `PruneCfg` (`prune.recipe`), which is passed as is: the targets,
+    the scope, the caps and floors per kind and the rounding. Surgery options (`compensate`) are not the
+    budget's: they go to `pruning.prune_units` on their own."""
 
-    def cap(self, kind: str) -> float:
-        return per_kind(self.max_layer_ratio, kind, MAX_LAYER_RATIO)
+    ratio: float  # fraction of units removed
+    scope: str  # "uniform": the same ratio in every block; "global": one ranking across blocks
+    max_layer_ratio: float | dict[str, float]  # global: no block loses more than this fraction (per kind)
+    min_layer_ratio: float | dict[str, float]  # macs_ratio: every block loses at least this fraction (per kind)
+    round_to: int | dict[str, int] | None  # kept widths are multiples of this (per kind)
+    macs_ratio: float | None  # share of the dense model's MACs to remove, across all kinds (replaces ratio)
+    latency_ratio: float | None  # share of the dense model's predicted latency to remove (`latency.py`)
 
-    def floor(self, kind: str) -> float:
-        return per_kind(self.min_layer_ratio, kind, MIN_LAYER_RATIO)
+
+def layer_cap(settings: BudgetSettings, kind: str) -> float:
+    """The most of a block's units of `kind` that may go (`max_layer_ratio`)."""
+    return per_kind(settings.max_layer_ratio, kind, MAX_LAYER_RATIO)
+
+
+def layer_floor(settings: BudgetSettings, kind: str) -> float:
+    """The least of a block's units of `kind` that must go (`min_layer_ratio`)."""
+    return per_kind(settings.min_layer_ratio, kind, MIN_LAYER_RATIO)
 
 
 def per_kind(value: float | dict[str, float], kind: str, default: float) -> float:
@@ -49,14 +55,14 @@ def removable(width: int, cap: float, floor: float) -> tuple[int, int]:
     return min(width, math.ceil(width * floor - 1e-9)), max(0, min(width, math.floor(width * cap + 1e-9)))
 
 
-def max_removable_macs(widths: dict[str, list[int]], costs: dict[str, list[int]], settings: PruneSettings) -> int:
+def max_removable_macs(widths: dict[str, list[int]], costs: dict[str, list[int]], settings: BudgetSettings) -> int:
     """The most MACs the caps let `allocate_macs` remove (for checking a target before any work)."""
-    return sum(removable(w, settings.cap(k), settings.floor(k))[1] * c
+    return sum(removable(w, layer_cap(settings, k), layer_floor(settings, k))[1] * c
                for k in widths for w, c in zip(widths[k], costs[k]))
 
 
 def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]], costs: dict[str, list[int]],
-                  target: int, settings: PruneSettings, dense_macs: int | None = None) -> dict[str, list[int]]:
+                  target: int, settings: BudgetSettings, dense_macs: int | None = None) -> dict[str, list[int]]:
     """Units each block keeps, per kind, so that at least `target` MACs are removed.
 
     Every block first loses its floor (`min_layer_ratio`, its lowest-scoring units); then all remaining
@@ -72,7 +78,7 @@ def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]],
     entries = []  # (score per MAC, kind, block) of every unit beyond the floors, in each block's score order
     for k in widths:
         for l, w in enumerate(widths[k]):
-            lo, hi = removable(w, settings.cap(k), settings.floor(k))
+            lo, hi = removable(w, layer_cap(settings, k), layer_floor(settings, k))
             row = tables[k][l, :w].double()
             order = row.argsort(stable=True).tolist()  # ascending: the first ones go first
             kept[k][l] -= lo
@@ -89,7 +95,7 @@ def allocate_macs(tables: dict[str, torch.Tensor], widths: dict[str, list[int]],
 
 
 def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int]], latency, target_ms: float,
-                     settings: PruneSettings) -> dict[str, list[int]]:
+                     settings: BudgetSettings) -> dict[str, list[int]]:
     """Units each block keeps, per kind, so that the predicted latency (`latency.LatencyTable.predict`) is at
     most `target_ms`. `latency`: a `costs.LatencyCost`, or the measured table it adapts.
 
@@ -102,7 +108,7 @@ def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int
     kept, least, orders = {k: list(w) for k, w in widths.items()}, {}, {}
     for k in widths:
         for l, w in enumerate(widths[k]):
-            lo, hi = removable(w, settings.cap(k), settings.floor(k))
+            lo, hi = removable(w, layer_cap(settings, k), layer_floor(settings, k))
             row = tables[k][l, :w].double()
             orders[k, l] = (row.argsort(stable=True).tolist(), row)
             kept[k][l] = w - lo
@@ -138,7 +144,7 @@ def allocate_latency(tables: dict[str, torch.Tensor], widths: dict[str, list[int
     return {k: rounded(kept[k], widths[k], settings, k) for k in kept}
 
 
-def rounded(kept: list[int], widths: list[int], settings: PruneSettings, kind: str) -> list[int]:
+def rounded(kept: list[int], widths: list[int], settings: BudgetSettings, kind: str) -> list[int]:
     """Kept widths rounded up to multiples of `round_to` (for this kind; an emptied block stays empty)."""
     r = settings.round_to.get(kind) if isinstance(settings.round_to, dict) else settings.round_to
     if not r:
@@ -146,7 +152,7 @@ def rounded(kept: list[int], widths: list[int], settings: PruneSettings, kind: s
     return [min(w, math.ceil(n / r) * r) for n, w in zip(kept, widths)]
 
 
-def unreachable_macs(settings: PruneSettings, widths, costs, target: int, dense_macs: int | None = None) -> str:
+def unreachable_macs(settings: BudgetSettings, widths, costs, target: int, dense_macs: int | None = None) -> str:
     """The one-line error for a MACs target the caps cannot reach, with the largest target they can."""
     total_units = sum(w * c for k in widths for w, c in zip(widths[k], costs[k]))
     most = max_removable_macs(widths, costs, settings)
@@ -158,7 +164,7 @@ def unreachable_macs(settings: PruneSettings, widths, costs, target: int, dense_
             "prune.max_layer_ratio (1.0 lets a block lose every unit of a kind), or add a kind to prune.units")
 
 
-def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings, kind: str = "ffn") -> list[int]:
+def kept_counts(table: torch.Tensor, widths: list[int], settings: BudgetSettings, kind: str = "ffn") -> list[int]:
     """How many units each block keeps.
 
     uniform: round(D * (1 - ratio)) per block. global: the lowest-scoring units across all blocks
@@ -169,7 +175,7 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings,
     if settings.scope == "uniform":
         kept = [max(1, round(w * (1 - settings.ratio))) for w in widths]
     elif settings.scope == "global":
-        floor = [max(1, math.ceil(w * (1 - settings.cap(kind)) - 1e-9)) for w in widths]
+        floor = [max(1, math.ceil(w * (1 - layer_cap(settings, kind)) - 1e-9)) for w in widths]
         to_remove = round(sum(widths) * settings.ratio)
         if to_remove > sum(widths) - sum(floor):
             raise ConfigError(unreachable_ratio(settings, widths, kind))
@@ -188,15 +194,15 @@ def kept_counts(table: torch.Tensor, widths: list[int], settings: PruneSettings,
     return rounded(kept, widths, settings, kind)
 
 
-def unreachable_ratio(settings: PruneSettings, widths: list[int], kind: str) -> str:
+def unreachable_ratio(settings: BudgetSettings, widths: list[int], kind: str) -> str:
     """The one-line error for a ratio the per-block cap cannot reach, with the cap that would reach it."""
-    floor = [max(1, math.ceil(w * (1 - settings.cap(kind)) - 1e-9)) for w in widths]
+    floor = [max(1, math.ceil(w * (1 - layer_cap(settings, kind)) - 1e-9)) for w in widths]
     most = (sum(widths) - sum(floor)) / sum(widths)
     need = next((c / 1000 for c in range(1, 1000) if sum(widths) - sum(
         max(1, math.ceil(w * (1 - c / 1000) - 1e-9)) for w in widths) >= round(sum(widths) * settings.ratio)), None)
     fix = f"raise prune.max_layer_ratio to {need}" if need else "lower prune.ratio"
-    return (f"prune.ratio {settings.ratio} is unreachable with prune.max_layer_ratio {settings.cap(kind)}: every "
-            f"block keeps at least one {kind} unit and at least {1 - settings.cap(kind):.3g} of its units, so at most "
+    return (f"prune.ratio {settings.ratio} is unreachable with prune.max_layer_ratio {layer_cap(settings, kind)}: every "
+            f"block keeps at least one {kind} unit and at least {1 - layer_cap(settings, kind):.3g} of its units, so at most "
             f"{most:.4f} can go; {fix}, or lower prune.ratio to {math.floor(most * 1000) / 1000}")
 
 

@@ -12,11 +12,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..units import FFN, HEADS, Unit
-from .allocate import PruneSettings, allocate_latency, allocate_macs, kept_counts
+from .allocate import BudgetSettings, allocate_latency, allocate_macs, kept_counts
 from .costs import LatencyCost, MacsCost, count_params_macs, tokens
 
 
-def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: PruneSettings,
+def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tensor], settings: BudgetSettings,
               example_inputs: torch.Tensor, latency=None) -> dict[str, list[int]]:
     """Units each block keeps, per kind: `kept_counts` of each kind's table (`prune.ratio`), or with
     `macs_ratio` one ranking of every kind by score per MAC (`MacsCost`, `allocate_macs`) until that share
@@ -35,7 +35,7 @@ def plan_keep(model: nn.Module, units: list[Unit], tables: dict[str, torch.Tenso
     return allocate_macs(tables, widths, cost.per_unit, math.ceil(settings.macs_ratio * dense), settings, dense)
 
 
-def check_budget(model: nn.Module, units: list[Unit], settings: PruneSettings, example_inputs: torch.Tensor,
+def check_budget(model: nn.Module, units: list[Unit], settings: BudgetSettings, example_inputs: torch.Tensor,
                  latency=None) -> None:
     """Raise the one-line `ConfigError` `plan_keep` would raise, before any scoring: whether the target is
     reachable under the caps does not depend on the scores, so a table of zeros answers it."""

@@ -99,11 +99,11 @@ def _export_int8(fp32, mode: str, calibration, batches, reference, args) -> bool
 
 
 def _split(run, data: str | None, which: str):
-    """`(dataset, image column, label column, split name)` of a run's train/eval split, or of --data's
+    """A run's train/eval split (`data.Split`: the dataset, its image and label columns, its name), or --data's
     train/test split; None when there is neither."""
     import yaml
 
-    from ..data import find_columns, load_split
+    from ..data import open_split
 
     if run is not None:
         d = (yaml.safe_load((run / "recipe.yaml").read_text()) or {}).get("data", {})
@@ -113,27 +113,25 @@ def _split(run, data: str | None, which: str):
         source, split, columns = data, "train" if which == "train" else "test", (None, None)
     else:
         return None
-    ds = load_split(source, split)
-    return (ds, *find_columns(ds, *columns), split)
+    return open_split(source, split, *columns)
 
 
 def _split_data(run, data: str | None, which: str, structure, n: int, sample: bool = True):
     """`n` prepared images and labels of `_split` (a seeded sample, or the first `n` rows)."""
     import random
 
-    from ..data import make_transform, stack_rows
+    from ..data import stack_rows
     from ..models import DataConfig
 
     found = _split(run, data, which)
     if found is None:
         return None
-    ds, img, lab, split = found
     cfg = structure["data_config"]
-    tf = make_transform(DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                                   cfg["interpolation"], cfg["crop_pct"]))
-    k = min(n, len(ds))
-    rows = sorted(random.Random(0).sample(range(len(ds)), k)) if sample else list(range(k))
-    return stack_rows(ds, tf, img, lab, split, rows)
+    data_cfg = DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"],
+                          cfg["crop_pct"])
+    k = min(n, len(found.ds))
+    rows = sorted(random.Random(0).sample(range(len(found.ds)), k)) if sample else list(range(k))
+    return stack_rows(found, data_cfg, rows)
 
 
 def _class_names(run, data: str | None) -> list[str] | None:
@@ -143,7 +141,7 @@ def _class_names(run, data: str | None) -> list[str] | None:
 
     try:
         found = _split(run, data, "train")
-        return None if found is None else class_names(found[0], found[2])
+        return None if found is None else class_names(found.ds, found.label_column)
     except (PruneError, KeyError, OSError):
         return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..units import dependency_graph, unwrapped  # the graph helpers live with the units (surgery uses them too)
 from .attribution import Attribution
-from .base import Criterion, ImportanceContext, tp_table
+from .base import BlockCriterion, Criterion, ImportanceContext, tp_table
 from .classic import ActivationStatistic, Magnitude, Random, Taylor
 from .paths import PathCoverage, PathFrequency, PathJAS, PathTaylor, block_ranks, lexicographic_ranks
 from .refit import RefitError
@@ -86,6 +86,6 @@ def scorers(kind: str, budget_kind: str | None, units: list[str], *, across_bloc
     return crit, (crit if budget is crit else budget)
 
 
-__all__ = ["CRITERIA", "DEFAULT_BUDGET_KIND", "Attribution", "ActivationStatistic", "Criterion", "ImportanceContext", "Magnitude",
+__all__ = ["CRITERIA", "DEFAULT_BUDGET_KIND", "Attribution", "ActivationStatistic", "BlockCriterion", "Criterion", "ImportanceContext", "Magnitude",
            "PathCoverage", "PathFrequency", "PathJAS", "PathTaylor", "Random", "RefitError", "Taylor",
            "block_ranks", "dependency_graph", "get_criterion", "lexicographic_ranks", "scorers", "tp_table", "unwrapped"]

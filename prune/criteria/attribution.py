@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from ..gates import attribution_rows, first_order_tables
-from .base import Criterion
+from .base import BlockCriterion
 
 
-class Attribution(Criterion):
+class Attribution(BlockCriterion):
     """`integrated=True`: integrated gradients over `ctx.steps` steps of scaling all of a block's units,
     on the paths' class-balanced images. `integrated=False`: the first-order (alpha = 1) end of that
     integral, on the calibration images, every block and kind from one gated forward and backward per batch
     (`score_block`, for progressive scoring, runs one block's)."""
 
-    progressive = True
     scale = "nats"  # gradients of log p(label) (or p) times the unit's output: the objective's own units
 
     def __init__(self, name: str, integrated: bool, formula: str):
@@ -25,7 +24,7 @@ class Attribution(Criterion):
                                 objective=ctx.objective, rows=ctx.rows, reduce=ctx.reduce)(block)
 
     def scores(self, ctx, unit):
-        if self.integrated:  # block by block (Criterion.scores)
+        if self.integrated:  # block by block (BlockCriterion.scores)
             return super().scores(ctx, unit)
         return self.tables(ctx, [unit])[unit.kind]
 

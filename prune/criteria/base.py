@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,9 +44,9 @@ class ImportanceContext:
         return self._graph
 
 
-class Criterion:
+class Criterion(ABC):
     """A scoring rule for units: `scores(ctx, unit)` gives the whole `[L, width]` table (higher = keep).
-    Criteria with `progressive = True` also score one block at a time (`score_block(ctx, unit, l)`,
+    `BlockCriterion`s (`progressive = True`) also score one block at a time (`score_block(ctx, unit, l)`,
     `[width]`) on a model whose earlier blocks are pruned (masked), which `prune.mode: progressive`
     needs. `kinds` says which unit kinds it can score at all, `scale` which comparisons its values
     support (`criteria.scorers` hands the rest to a budget criterion). Options go to the constructor;
@@ -64,14 +65,9 @@ class Criterion:
     def can_score(self, kind: str) -> bool:
         return self.kinds is None or kind in self.kinds
 
+    @abstractmethod
     def scores(self, ctx: ImportanceContext, unit: Unit) -> torch.Tensor:  # [L, width]
-        if self.progressive:
-            blocks = tqdm(range(len(unit.widths(ctx.model))), desc=self.name, unit="block", disable=not ctx.progress)
-            return stack_rows([self.score_block(ctx, unit, l) for l in blocks])
-        raise NotImplementedError
-
-    def score_block(self, ctx: ImportanceContext, unit: Unit, block: int) -> torch.Tensor:  # [width]
-        raise NotImplementedError
+        ...
 
     def tables(self, ctx: ImportanceContext, units: list[Unit]) -> dict[str, torch.Tensor]:
         """`scores` of every kind in `units` (a criterion that can score all kinds in one pass overrides this)."""
@@ -79,6 +75,21 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class BlockCriterion(Criterion):
+    """A criterion that scores one block at a time on a partly pruned (masked) model: what the progressive
+    and iterative schedules need. Its whole table is its blocks' rows, unless it overrides `scores`."""
+
+    progressive = True
+
+    @abstractmethod
+    def score_block(self, ctx: ImportanceContext, unit: Unit, block: int) -> torch.Tensor:  # [width]
+        ...
+
+    def scores(self, ctx: ImportanceContext, unit: Unit) -> torch.Tensor:  # [L, width]
+        blocks = tqdm(range(len(unit.widths(ctx.model))), desc=self.name, unit="block", disable=not ctx.progress)
+        return stack_rows([self.score_block(ctx, unit, l) for l in blocks])
 
 
 def tp_table(ctx: ImportanceContext, unit: Unit, importance: tp.importance.Importance,

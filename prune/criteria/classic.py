@@ -8,7 +8,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..units import stack_rows
-from .base import Criterion, tp_table
+from .base import BlockCriterion, Criterion, tp_table
 
 
 class Magnitude(Criterion):
@@ -24,11 +24,10 @@ class Magnitude(Criterion):
         return tp_table(ctx, unit, tp.importance.GroupMagnitudeImportance(p=self.p, normalizer=self.normalizer))
 
 
-class Taylor(Criterion):
+class Taylor(BlockCriterion):
     """Torch-Pruning's `GroupTaylorImportance` with the cross-entropy's weight gradients over the calibration batches."""
 
     name = "taylor"
-    progressive = True
 
     def __init__(self, normalizer: str | None = "mean"):
         self.normalizer = normalizer

@@ -111,7 +111,7 @@ class RefitError(Criterion):
 
     name = "refit_error"
     scale = "rank"
-    formula = ("greedy Optimal Brain Surgeon on each block's output layer (attn.proj, mlp.fc2): remove the unit whose "
+    formula = ("greedy Optimal Brain Surgeon on each block's output layers (the attention projection, the FFN's second linear layer): remove the unit whose "
                "input columns cost the least squared output error after re-fitting the layer by least squares on the "
                "calibration tokens, update, repeat; a unit's score is the step at which it goes (ranks within a block: "
                "widths come from the budget criterion). Made to choose what prune.reconstruct: lstsq re-fits")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
+from ..data import Split, collate, load_images, open_split, sample_per_class
 from ..io import write_json
 from ..memory import peak_memory
 from ..models import ViTAdapter, load_model
@@ -34,8 +34,13 @@ class DiscoverySettings:
 
 def discover(model_spec: str, data_source: str, split: str, settings: DiscoverySettings, out_dir: str | Path, *,
              pretrained: bool = True, model_kwargs: dict | None = None, image_column: str | None = None,
-             label_column: str | None = None, skip_bad: bool = False, progress: bool = True) -> dict:
+             label_column: str | None = None, skip_bad: bool = False, progress: bool = True,
+             loaded: tuple | None = None, data: Split | None = None) -> dict:
     """Run discovery and write `paths.safetensors`, `stats.safetensors`, `summary.json` to `out_dir`.
+
+    loaded: `(model, data config, spec)` as `load_model` returns them, and data: the split, where the caller
+    holds them already (the paths stage passes its run's); else both are loaded from `model_spec` and
+    `data_source`.
 
     Under `accelerate launch` each process takes a share of the images; the per-class stats are
     summed across processes and the main process writes the files.
@@ -43,17 +48,17 @@ def discover(model_spec: str, data_source: str, split: str, settings: DiscoveryS
     from .. import dist
 
     state = dist.state()
-    model, data_cfg, spec = load_model(model_spec, pretrained=pretrained, **(model_kwargs or {}))
+    model, data_cfg, spec = loaded if loaded is not None else load_model(model_spec, pretrained=pretrained,
+                                                                          **(model_kwargs or {}))
     vit = ViTAdapter(model)
     scope = vit.check_scope(settings.scope)
-    ds = load_split(data_source, split)
-    img_col, lab_col = find_columns(ds, image_column, label_column)
+    data = data if data is not None else open_split(data_source, split, image_column, label_column)
     num_classes = model.num_classes
-    labels = labels_of(ds, lab_col)
+    labels = data.labels()
     rows = sample_per_class(labels, settings.images_per_class, num_classes, settings.seed, split=split,
                             allow_empty=skip_bad)
     empty_classes = sorted(set(range(num_classes)) - set(labels))
-    dataset = ImageDataset(ds, make_transform(data_cfg), img_col, lab_col, split, rows, num_classes, skip_bad)
+    dataset = load_images(data, data_cfg, rows, num_classes=num_classes, skip_bad=skip_bad)
     vit.verify(torch.randn(1, *data_cfg.input_size))
     model.to(state.device)
 

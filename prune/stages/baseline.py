@@ -6,16 +6,17 @@ from pathlib import Path
 
 from .. import dist
 from ..io import write_json
+from .context import RunContext
 
 NAME = "baseline"
 DISTRIBUTED = True
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     return ctx.eval_inputs()
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     dense, data_cfg, _ = ctx.model()
     info = {"dense": ctx.accuracy(dense, data_cfg, "dense")}
     if dist.is_main():

@@ -12,12 +12,13 @@ from ..artifacts import final_stage
 from ..bench import cuda_provider_available, measure_until_stable, ort_runner, threads_info, torch_runner
 from ..io import write_json
 from . import export
+from .context import RunContext
 
 NAME = "bench"
 DISTRIBUTED = False
 
 
-def inputs(ctx) -> dict | None:
+def inputs(ctx: RunContext) -> dict | None:
     r = ctx.r
     if not r.bench.enabled:
         return None
@@ -25,7 +26,7 @@ def inputs(ctx) -> dict | None:
     return {"bench": r.bench.model_dump(), "reads": reads}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     b = ctx.r.bench
     if b.threads:
         torch.set_num_threads(b.threads)

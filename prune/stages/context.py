@@ -17,12 +17,13 @@ from ..card import ModelCard
 from ..checkpoint import load_pruned
 from ..classes import class_names, resolve_classes, restrict_head
 from ..criteria import Criterion, scorers
-from ..data import ImageDataset, collate, find_columns, labels_of, load_split, make_transform, sample_per_class
+from ..data import ImageDataset, Split, collate, load_images, open_split, sample_per_class
 from ..errors import DataError
 from ..finetune import evaluate
 from ..models import load_model, resolve_model_dir
 from ..recipe import Recipe
 from ..run import RunDir, fingerprint
+from ..schedule import SCHEDULES
 from ..units import Unit, get_unit
 
 
@@ -46,13 +47,13 @@ class RunContext:
         self.needs_paths = self.criterion.needs_paths or self.budget_criterion.needs_paths
         self.uses_path_images = self.criterion.uses_path_images or self.budget_criterion.uses_path_images
         # the importance stage decides the widths when scoring depends on them, or another criterion sets them
-        self.importance_fixes_widths = (recipe.prune.mode in ("progressive", "iterative")
+        self.importance_fixes_widths = (SCHEDULES[recipe.prune.mode].fixes_widths
                                         or self.budget_criterion is not self.criterion)
         self.skipped: dict[str, list[int]] = {}
         self.summary: dict | None = None  # the run's metrics, collected before the report
         self._classes: list[int] | None = None
         self._dense = None  # (model, data config, spec) as loaded
-        self._splits: dict[str, tuple] = {}
+        self._splits: dict[str, Split] = {}
         self._latency = None
 
     def for_target(self, recipe: Recipe, run_dir: RunDir) -> "RunContext":
@@ -71,7 +72,7 @@ class RunContext:
         from ..budget import check_budget
 
         model, data_cfg, _ = self.model()
-        check_budget(model, self.units, self.r.prune.settings(), torch.zeros(1, *data_cfg.input_size),
+        check_budget(model, self.units, self.r.prune, torch.zeros(1, *data_cfg.input_size),
                      self.latency_table())
 
     def latency_table(self):
@@ -106,6 +107,12 @@ class RunContext:
             self._dense = load_model(m.name, pretrained=m.pretrained, **m.kwargs)
         return self._dense
 
+    def dense(self):
+        """The dense model as loaded (every class, whatever `prune.classes` says), its data config and spec; a
+        fresh copy on every call."""
+        model, data_cfg, spec = self._loaded()
+        return copy.deepcopy(model), data_cfg, spec
+
     def model(self):
         """The dense model (restricted to `prune.classes` when set), its data config, and the spec that rebuilds it.
         Loaded once per run; every call returns a fresh copy, since stages prune and move it."""
@@ -129,14 +136,15 @@ class RunContext:
         if self.r.prune.classes is None:
             return None
         if self._classes is None:
-            ds, _, lab = self.split(self.r.data.train_split)
-            self._classes = resolve_classes(self.r.prune.classes, self.dense_num_classes, class_names(ds, lab))
+            train = self.split(self.r.data.train_split)
+            self._classes = resolve_classes(self.r.prune.classes, self.dense_num_classes,
+                                            class_names(train.ds, train.label_column))
         return self._classes
 
     def class_names(self) -> list[str] | None:
         """The dense model's class names from the dataset's label feature (None when it has none)."""
-        ds, _, lab = self.split(self.r.data.train_split)
-        names = class_names(ds, lab)
+        train = self.split(self.r.data.train_split)
+        names = class_names(train.ds, train.label_column)
         return names if names is not None and len(names) == self.dense_num_classes else None
 
     def label_names(self) -> list[str] | None:
@@ -168,31 +176,28 @@ class RunContext:
     def dense_num_classes(self) -> int:
         return int(self._loaded()[0].num_classes)
 
-    def split(self, split: str):
+    def split(self, split: str) -> Split:
         """A split of the recipe's dataset with its image and label column names (loaded once per run)."""
         if split not in self._splits:
             d = self.r.data
-            ds = load_split(d.source, split)
-            self._splits[split] = (ds, *find_columns(ds, d.image_column, d.label_column))
+            self._splits[split] = open_split(d.source, split, d.image_column, d.label_column)
         return self._splits[split]
 
     def dataset(self, split: str, data_cfg, rows: list[int]) -> ImageDataset:
         """`rows` of a split as model inputs; with `prune.classes`, labels re-indexed to the kept classes."""
-        d = self.r.data
-        ds, img, lab = self.split(split)
         classes = self.classes()
         label_map = None if classes is None else {c: i for i, c in enumerate(classes)}
-        return ImageDataset(ds, make_transform(data_cfg), img, lab, split, rows, self.dense_num_classes, d.skip_bad,
-                            label_map)
+        return load_images(self.split(split), data_cfg, rows, num_classes=self.dense_num_classes,
+                           skip_bad=self.r.data.skip_bad, label_map=label_map)
 
     def rows(self, split: str) -> list[int]:
         """Every row of a split, or with `prune.classes` the rows of those classes."""
-        ds, _, lab = self.split(split)
+        data = self.split(split)
         classes = self.classes()
         if classes is None:
-            return list(range(len(ds)))
+            return list(range(len(data.ds)))
         keep = set(classes)
-        return [i for i, y in enumerate(labels_of(ds, lab)) if y in keep]
+        return [i for i, y in enumerate(data.labels()) if y in keep]
 
     def holdout_rows(self, split: str, share: float, seed: int) -> list[int]:
         """A seeded `share` of a split's rows (at least one when share > 0), held out of training to judge it."""
@@ -222,8 +227,7 @@ class RunContext:
         drawn with `paths.seed`): the same images discovery uses (only the kept classes' with `prune.classes`),
         for criteria that score them themselves."""
         d, p = self.r.data, self.r.paths
-        ds, _, lab = self.split(d.train_split)
-        rows = sample_per_class(labels_of(ds, lab), p.images_per_class, self.dense_num_classes, p.seed,
+        rows = sample_per_class(self.split(d.train_split).labels(), p.images_per_class, self.dense_num_classes, p.seed,
                                 split=d.train_split, allow_empty=d.skip_bad)
         if self.classes() is not None:
             rows = sorted(set(rows) & set(self.rows(d.train_split)))

@@ -11,19 +11,20 @@ from ..artifacts import final_stage
 from ..export import deploy_metadata, export_checked
 from ..io import write_json
 from ..quantize import int8_name, onnx_predictions, quantize_and_judge
+from .context import RunContext
 
 NAME = "export"
 DISTRIBUTED = False
 
 
-def inputs(ctx) -> dict | None:
+def inputs(ctx: RunContext) -> dict | None:
     r = ctx.r
     if not r.export.enabled:
         return None
     return {**ctx.eval_inputs(), "export": r.export.model_dump(), "reads": [final_stage(r)]}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     e = ctx.r.export
     data_cfg, models = ctx.shipped_models()
     images = ctx.eval_images(data_cfg)
@@ -46,7 +47,7 @@ def build(ctx, out: Path) -> dict:
     return info
 
 
-def _int8(ctx, out: Path, name: str, mode: str, data_cfg, batches, reference) -> dict:
+def _int8(ctx: RunContext, out: Path, name: str, mode: str, data_cfg, batches, reference) -> dict:
     """Quantise `name.onnx`, then judge it against the fp32 file's predictions on the evaluation images."""
     r, e = ctx.r, ctx.r.export
     calibration = None

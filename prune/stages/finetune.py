@@ -16,12 +16,13 @@ from ..artifacts import input_artifact, input_stage
 from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
+from .context import RunContext
 
 NAME = "finetune"
 DISTRIBUTED = True
 
 
-def inputs(ctx) -> dict | None:
+def inputs(ctx: RunContext) -> dict | None:
     r = ctx.r
     if r.finetune.epochs == 0:
         return None
@@ -29,7 +30,7 @@ def inputs(ctx) -> dict | None:
             "reads": [input_stage(r, NAME)]}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     r, f = ctx.r, ctx.r.finetune
     dense, data_cfg, _ = ctx.model()
     model, structure = load_pruned(ctx.run_dir.path(input_stage(r, NAME)))

@@ -1,9 +1,9 @@
 """The importance stage: a score for every unit of every kind in use (`[L, width]` each, higher = keep),
-one-shot or layer-progressive.
+by the schedule `prune.mode` names (`schedule.SCHEDULES`).
 
 One-shot (`prune.mode: oneshot`): the criterion scores every block of the dense model. Progressive:
 block l is scored on the model whose blocks < l already lost their lowest-scoring units
-(`prune.progressive`). In progressive mode, and when `prune.budget_kind` names another criterion,
+(`schedule.Progressive`). In progressive mode, and when `prune.budget_kind` names another criterion,
 this stage fixes the kept widths first (uniform, or with `prune.scope: global` from the budget
 criterion's one-shot table ranked across blocks) and saves them as `<kind>.keep` beside the scores;
 the prune stage then removes, in each block, exactly the lowest-scoring units beyond its width.
@@ -15,7 +15,6 @@ criterion (`criteria.scorers`, `RunContext.scorer`).
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -28,18 +27,17 @@ from ..criteria import ImportanceContext
 from ..gates import activation_stats
 from ..io import atomic_path, write_json
 from ..paths import PathStats
-from ..progressive import progressive_table
 from ..budget import plan_keep
 from ..reconstruct import prefix_weight_for, refit
-from ..schedule import iterative_tables
-from .context import device
+from ..schedule import SCHEDULES, ScoringJob
+from .context import RunContext, device
 
 NAME = "importance"
 DISTRIBUTED = True  # every process scores its share of the images and the sums are added up
 FILE = "importance.safetensors"  # `<kind>.scores`, `<kind>.act_mean`, `<kind>.act_abs_mean`, `<kind>.act_var`, `<kind>.keep`
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     r = ctx.r
     inp = {**ctx.model_inputs(), "split": r.data.train_split, "importance": r.importance.model_dump(),
            "units": [u.kind for u in ctx.units], "reads": ["paths"] if ctx.needs_paths else []}
@@ -57,7 +55,7 @@ def inputs(ctx) -> dict:
     return inp
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     """Write `importance.safetensors` (per unit kind: scores, activation mean/abs-mean/variance, and `keep`
     when this stage fixes the widths) and `importance.json`."""
     r, crit, budget = ctx.r, ctx.criterion, ctx.budget_criterion
@@ -82,24 +80,17 @@ def build(ctx, out: Path) -> dict:
     ckpt = ctx.run_dir.root / ".checkpoints" / f"importance-{ctx.run_dir.key(NAME)}"
     tensors = {}
     scorer = {u.kind: ctx.scorer(u.kind) for u in ctx.units}
-    if r.prune.mode == "iterative":
-        tables, keeps = _iterative(ctx, sctx, data_cfg, scorer)
-    else:
-        keeps, budget_tables = _widths(ctx, sctx, ckpt) if ctx.importance_fixes_widths else ({}, {})
-    if budget is not crit:
-        ctx.log(f"[importance] {crit.name} scores {', '.join(k for k, c in scorer.items() if c is crit) or 'no kind'}; "
-                f"{budget.name} scores {', '.join(k for k, c in scorer.items() if c is budget) or 'no kind'} "
-                f"and sets the widths (prune.budget_kind)")
-    if r.prune.mode == "progressive":
-        tables = {unit.kind: _progressive(ctx, sctx, unit, keeps[unit.kind], ckpt) for unit in ctx.units}
-    elif r.prune.mode == "oneshot":
-        tables = {}
-        for c in dict.fromkeys(scorer.values()):  # one pass for every kind a criterion scores, where it can
-            mine = [u for u in ctx.units if scorer[u.kind] is c]
-            tables.update({u.kind: budget_tables[u.kind] for u in mine if c is budget and u.kind in budget_tables})
-            todo = [u for u in mine if u.kind not in tables]
-            if todo:
-                tables.update(c.tables(sctx, todo))
+
+    def announce() -> None:
+        if budget is not crit:
+            ctx.log(f"[importance] {crit.name} scores {', '.join(k for k, c in scorer.items() if c is crit) or 'no kind'}; "
+                    f"{budget.name} scores {', '.join(k for k, c in scorer.items() if c is budget) or 'no kind'} "
+                    f"and sets the widths (prune.budget_kind)")
+
+    job = ScoringJob(sctx, ctx.units, crit, scorer, budget, r.prune, plan_widths=lambda: _widths(ctx, sctx, ckpt),
+                     fixes_widths=ctx.importance_fixes_widths, checkpoint=ckpt, announce=announce, log=ctx.log,
+                     progress=ctx.progress, latency=ctx.latency_table(), refit=_refit(ctx, sctx, data_cfg))
+    tables, keeps = SCHEDULES[r.prune.mode]().tables(job)
     for unit in ctx.units:
         table = tables[unit.kind].double().cpu().clone()  # may alias an activation statistic
         a = acts[unit.kind]
@@ -126,7 +117,7 @@ def build(ctx, out: Path) -> dict:
     return info
 
 
-def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
+def _widths(ctx: RunContext, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """Units each block keeps, per kind: uniform, or (scope global) the budget criterion's one-shot tables
     ranked across blocks (and kinds, with `prune.macs_ratio`); and those tables (empty when uniform), which
     also score the kinds the run's criterion cannot. The tables are checkpointed, so a resumed progressive
@@ -145,49 +136,22 @@ def _widths(ctx, sctx: ImportanceContext, ckpt: Path) -> tuple[dict[str, list[in
                 with atomic_path(ckpt / "budget.safetensors") as tmp:
                     save_file({f"{k}.scores": t.contiguous() for k, t in tables.items()}, str(tmp))
         scored = tables
-    return plan_keep(sctx.model, ctx.units, tables, pr.settings(), sctx.example_inputs, ctx.latency_table()), scored
+    return plan_keep(sctx.model, ctx.units, tables, pr, sctx.example_inputs, ctx.latency_table()), scored
 
 
-def _iterative(ctx, sctx: ImportanceContext, data_cfg, scorer: dict) -> tuple[dict, dict]:
-    """`prune.mode: iterative` (`schedule.iterative_tables`): score, cut a share of the target, re-fit, score
-    again, with this run's criteria on each partly pruned model."""
+def _refit(ctx: RunContext, sctx: ImportanceContext, data_cfg):
+    """How a schedule that cuts (iterative) re-fits its cut model when the recipe re-fits (None otherwise): on the
+    images the reconstruct stage re-fits on, loaded at the first re-fit."""
     r, pr = ctx.r, ctx.r.prune
+    if pr.reconstruct == "none":
+        return None
+    loader = None
 
-    def tables_of(m, which: dict) -> dict:
-        s = dataclasses.replace(sctx, model=m, _graph=None)  # Torch-Pruning's graph is the cut model's own
-        out = {}
-        for c in dict.fromkeys(which.values()):
-            out.update(c.tables(s, [u for u in ctx.units if which[u.kind] is c]))
-        return out
+    def refit_cut(m) -> None:
+        nonlocal loader
+        if loader is None:
+            loader = ctx.loader(r.data.train_split, data_cfg, pr.reconstruct_images, r.importance.seed + 1, shard=True)
+        refit(m, sctx.model, ctx.batches(loader, "reconstruct"), ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum,
+              prefix_weight=prefix_weight_for(sctx.model, pr.reconstruct_prefix_share))
 
-    budget = None
-    if ctx.budget_criterion is not ctx.criterion:
-        budget = lambda m: tables_of(m, {u.kind: ctx.budget_criterion for u in ctx.units})  # noqa: E731
-    refit_cut = None
-    if pr.reconstruct != "none":  # the same images the reconstruct stage re-fits on
-        loader = ctx.loader(r.data.train_split, data_cfg, pr.reconstruct_images, r.importance.seed + 1, shard=True)
-        weight = prefix_weight_for(sctx.model, pr.reconstruct_prefix_share)
-        refit_cut = lambda m: refit(m, sctx.model, ctx.batches(loader, "reconstruct"),  # noqa: E731
-                                    ridge=pr.reconstruct_ridge, reduce=dist.reduce_sum, prefix_weight=weight)
-    return iterative_tables(sctx.model, ctx.units, lambda m: tables_of(m, scorer), budget, pr.settings(),
-                            pr.iterations, sctx.example_inputs, refit_cut, ctx.log, latency=ctx.latency_table())
-
-
-def _progressive(ctx, sctx: ImportanceContext, unit, keep: list[int], ckpt: Path) -> torch.Tensor:
-    """Block by block on the masked model; every finished row is checkpointed."""
-    done = {}
-    rows_file = ckpt / f"rows-{unit.kind}.safetensors"
-    if rows_file.is_file():
-        done = {int(k): v for k, v in load_file(rows_file).items()}
-        ctx.log(f"[importance] resuming progressive scoring after block {max(done)}")
-
-    def checkpoint(t: int, row: torch.Tensor) -> None:
-        done[t] = row
-        if not dist.is_main():
-            return
-        ckpt.mkdir(parents=True, exist_ok=True)
-        with atomic_path(rows_file) as tmp:
-            save_file({str(k): v.contiguous() for k, v in done.items()}, str(tmp))
-
-    return progressive_table(sctx.model, unit, lambda t: ctx.scorer(unit.kind).score_block(sctx, unit, t), keep, done=done,
-                             on_block=checkpoint, progress=ctx.progress)
+    return refit_cut

@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paths.discover import DiscoverySettings, discover
+from .context import RunContext
 
 NAME = "paths"
 DISTRIBUTED = True  # every process discovers its share of the images
 
 
-def inputs(ctx) -> dict | None:
+def inputs(ctx: RunContext) -> dict | None:
     if not ctx.needs_paths:
         return None
     r = ctx.r
     return {**ctx.model_inputs(), "split": r.data.train_split, "paths": r.paths.model_dump()}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     r = ctx.r
     p = r.paths
     # for pruning, "auto" means every token: structural removal cuts a neuron at all tokens, and CLS-only
@@ -28,5 +29,6 @@ def build(ctx, out: Path) -> dict:
     summary = discover(r.model.name, r.data.source, r.data.train_split, settings, out,
                        pretrained=r.model.pretrained, model_kwargs=r.model.kwargs,
                        image_column=r.data.image_column, label_column=r.data.label_column,
-                       skip_bad=r.data.skip_bad, progress=ctx.progress)
+                       skip_bad=r.data.skip_bad, progress=ctx.progress,
+                       loaded=ctx.dense(), data=ctx.split(r.data.train_split))
     return {"images": summary["images"], "mean_jas": summary["mean_jas"], "skipped_rows": summary["skipped_rows"]}

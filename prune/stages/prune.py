@@ -13,33 +13,33 @@ from ..io import write_json
 from ..pruning import prune_units
 from ..units import FFN
 from . import importance
+from .context import RunContext
 
 NAME = "prune"
 DISTRIBUTED = False
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     inp = {**ctx.model_inputs(), "prune": ctx.r.prune.model_dump(), "reads": [importance.NAME]}
     if ctx.latency_table() is not None:  # a table measured again (another machine) may plan other widths
         inp["latency_table"] = ctx.latency_table().to_json()
     return inp
 
 
-def planned_keep(ctx, imp: dict, model, example: torch.Tensor) -> dict[str, list[int]]:
+def planned_keep(ctx: RunContext, imp: dict, model, example: torch.Tensor) -> dict[str, list[int]]:
     """Units each block keeps, per kind: fixed by the importance stage, or planned here from its tables."""
     if all(f"{u.kind}.keep" in imp for u in ctx.units):  # the importance stage fixed the widths
         return {u.kind: imp[f"{u.kind}.keep"].tolist() for u in ctx.units}
     tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
-    return plan_keep(model, ctx.units, tables, ctx.r.prune.settings(), example, ctx.latency_table())
+    return plan_keep(model, ctx.units, tables, ctx.r.prune, example, ctx.latency_table())
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     p = ctx.r.prune
     model, data_cfg, spec = ctx.model()
     imp = load_file(ctx.run_dir.path(importance.NAME) / importance.FILE)
     example = torch.randn(1, *data_cfg.input_size)
     params0, macs0 = count_params_macs(model, example)
-    settings = p.settings()
     tables = {u.kind: imp[f"{u.kind}.scores"] for u in ctx.units}
     keep = planned_keep(ctx, imp, model, example)
     plan = block_plan(model, ctx.units, keep, example, ctx.latency_table())
@@ -47,7 +47,8 @@ def build(ctx, out: Path) -> dict:
     for unit in ctx.units:
         k = unit.kind
         dense_widths[k] = unit.widths(model)
-        kept[k] = prune_units(model, unit, tables[k], settings, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k])
+        kept[k] = prune_units(model, unit, tables[k], p, example, act_mean=imp[f"{k}.act_mean"], keep=keep[k],
+                              compensate=p.compensate)
     params1, macs1 = count_params_macs(model, example)
     save_pruned(model, out, spec, kept, dense_widths, data_cfg.as_dict(), ctx.classes(), label_names=ctx.label_names(),
                 card=ctx.model_card(NAME))

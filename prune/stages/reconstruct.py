@@ -15,14 +15,14 @@ from ..artifacts import input_stage
 from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..io import write_json
 from ..reconstruct import blockwise, prefix_weight_for, refit
-from .context import device
+from .context import RunContext, device
 
 NAME = "reconstruct"
 DISTRIBUTED = True  # every process sums the normal equations (or gradients) of its share of the images
 BLOCKWISE = ("reconstruct_steps", "reconstruct_lr", "reconstruct_start")  # the fields only blockwise reads
 
 
-def inputs(ctx) -> dict | None:
+def inputs(ctx: RunContext) -> dict | None:
     p = ctx.r.prune
     if p.reconstruct == "none":
         return None
@@ -33,7 +33,7 @@ def inputs(ctx) -> dict | None:
             "reads": [input_stage(ctx.r, NAME)]}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     r, p = ctx.r, ctx.r.prune
     dense, data_cfg, _ = ctx.model()
     model, structure = load_pruned(ctx.run_dir.path(input_stage(ctx.r, NAME)))
@@ -72,7 +72,7 @@ def build(ctx, out: Path) -> dict:
     return {k: v for k, v in info.items() if k != "branches"}
 
 
-def _with_rows(ctx, loader, key: str):
+def _with_rows(ctx: RunContext, loader, key: str):
     """`(images, dataset rows)` batches on the device (bad rows counted under `key`, as `ctx.batches` does):
     the rows name each image across processes, so that every process draws the same minibatches."""
     for x, y, rows, bad in loader:

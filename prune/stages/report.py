@@ -11,12 +11,13 @@ from ..checkpoint import STRUCTURE_FILE, WEIGHTS_FILE
 from ..report import write_report
 from ..run import stage_key
 from . import baseline, bench, evaluate, export, finetune, importance, paths, prune, reconstruct
+from .context import RunContext
 
 NAME = "report"
 DISTRIBUTED = False
 
 
-def inputs(ctx) -> dict:
+def inputs(ctx: RunContext) -> dict:
     r = ctx.r
     ctx.summary = collect(ctx)
     after = [final_stage(r)] + [s.NAME for s, on in ((export, r.export.enabled), (bench, r.bench.enabled)) if on]
@@ -24,14 +25,14 @@ def inputs(ctx) -> dict:
             "metrics": stage_key(ctx.summary)}
 
 
-def build(ctx, out: Path) -> dict:
+def build(ctx: RunContext, out: Path) -> dict:
     stats = ctx.run_dir.path(paths.NAME) / "stats.safetensors" if ctx.needs_paths else None
     m = write_report(ctx.summary, out, stats, ctx.r.report.heatmap_classes)
     ctx.log(f"[report] {len(m['plots'])} plots and report.md written")
     return {"plots": m["plots"]}
 
 
-def collect(ctx) -> dict:
+def collect(ctx: RunContext) -> dict:
     """Everything the run measured, from the stage files."""
     rd, r = ctx.run_dir, ctx.r
     read = lambda stage, f: json.loads((rd.path(stage) / f).read_text())  # noqa: E731
@@ -75,7 +76,7 @@ def collect(ctx) -> dict:
     return summary
 
 
-def measured_on(ctx, summary: dict) -> dict:
+def measured_on(ctx: RunContext, summary: dict) -> dict:
     """The file (path in the run directory and its SHA-256 from the stage's record) behind every figure."""
     rd, r = ctx.run_dir, ctx.r
 

@@ -1,13 +1,18 @@
 """The prunable-unit protocol: what every kind of structural unit (FFN neuron, attention head, ...)
 tells the rest of `prune`, so scoring, budgets, surgery and save/load never name a model's modules.
 
-A unit kind lives in one file under `prune/units/` and implements this small class. Scores, kept
-indices and widths are always keyed by `Unit.kind`.
+A unit kind lives in one file under `prune/units/` and implements this small abstract class (`Unit`:
+its abstract methods are what a kind must say; a kind that misses one cannot be instantiated). Scores,
+kept indices and widths are always keyed by `Unit.kind`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from typing import Callable, Protocol
+
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..errors import ConfigError
@@ -48,7 +53,21 @@ def fold_into_bias(layer: nn.Linear, columns: list[int], mean: torch.Tensor, wha
         layer.bias += shift.to(layer.bias.dtype)
 
 
-class Unit:
+class BlockRunner(Protocol):
+    """What units use of `models.ViTAdapter` (a timm ViT run block by block), named here so that the units
+    do not import the model module (which imports them)."""
+
+    model: nn.Module
+    blocks: list[nn.Module]
+
+    def pre(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def pre_mlp(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def post(self, i: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor: ...
+
+
+class Unit(ABC):
     """One kind of prunable unit, `width(model, l)` of them in block l."""
 
     kind: str = ""
@@ -62,44 +81,53 @@ class Unit:
         c = self.channels(model, block)
         return gate if c == 1 else gate.repeat_interleave(c, dim=-1)
 
+    @abstractmethod
     def widths(self, model: nn.Module) -> list[int]:
         """How many units of this kind each block has now."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def cost(self, model: nn.Module, tokens: int) -> list[int]:
         """MACs one unit of each block costs per image of `tokens` tokens (what removing it saves)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def gate(self, model: nn.Module, block: int) -> nn.Module:
         """The module whose output `[..., width]` carries block's units: a forward hook on it that
         multiplies by a `[width]` gate removes (0) or scales units, which attribution and masks use."""
-        raise NotImplementedError
+        ...
 
-    def split(self, vit, block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # vit: models.ViTAdapter
+    @abstractmethod
+    def split(self, vit: BlockRunner, block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run block from its input `x` up to the units: `(rest, h)`, `h` the units' output `[B, T, width]`."""
-        raise NotImplementedError
+        ...
 
-    def join(self, vit, block: int, rest: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    @abstractmethod
+    def join(self, vit: BlockRunner, block: int, rest: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Finish block from `split`'s `rest` and (possibly gated) units `h`."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def out_layer(self, model: nn.Module, block: int) -> nn.Linear:
         """The layer that reads block's units (their outputs are its input columns): what a re-fit solves."""
-        raise NotImplementedError
+        ...
 
-    def out_input(self, vit, block: int, x: torch.Tensor) -> torch.Tensor:
+    @abstractmethod
+    def out_input(self, vit: BlockRunner, block: int, x: torch.Tensor) -> torch.Tensor:
         """`out_layer`'s input `[B, T, width * channels]` when the branch of these units reads the stream `x`."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def parameters(self, model: nn.Module, block: int) -> list[nn.Parameter]:
         """The parameters that removing block's units shrinks (what a weight-gradient criterion needs)."""
-        raise NotImplementedError
+        ...
 
-    def root(self, model: nn.Module, block: int) -> tuple[nn.Module, object]:
+    @abstractmethod
+    def root(self, model: nn.Module, block: int) -> tuple[nn.Module, Callable]:
         """The module and Torch-Pruning pruning function that root block's group of units."""
-        raise NotImplementedError
+        ...
 
-    def group(self, graph, model: nn.Module, block: int, idxs: list[int]):
+    def group(self, graph: tp.DependencyGraph, model: nn.Module, block: int, idxs: list[int]) -> tp.pruner.Group:
         """Torch-Pruning's group that removes units `idxs` of block (with everything coupled to them)."""
         module, fn = self.root(model, block)
         return graph.get_pruning_group(module, fn, idxs=list(idxs))
@@ -111,17 +139,20 @@ class Unit:
     def after_prune(self, model: nn.Module, block: int, kept: int) -> None:
         """Update module attributes after Torch-Pruning left `kept` units in block (e.g. a head count)."""
 
+    @abstractmethod
     def compensate(self, model: nn.Module, block: int, removed: list[int], mean: torch.Tensor) -> None:
         """Fold the mean output of the `removed` units (`mean`: `[width * channels]`, the gate module's
         mean output over calibration tokens) into
         the next layer's bias, so a unit whose output is constant is removed exactly."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def empty(self, model: nn.Module, block: int) -> None:
         """Replace block's branch of these units by `ConstantBranch` (the branch with every gate at zero)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def resize(self, model: nn.Module, widths: list[int]) -> None:
         """Give a freshly built (dense) model block widths `widths` (0: an emptied branch), so a pruned
         state dict loads."""
-        raise NotImplementedError
+        ...
