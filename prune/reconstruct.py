@@ -52,11 +52,12 @@ class NormalEquations:
         rows = target.shape[:-1].numel()
         x = x.reshape(rows, x.shape[-1]).double()  # explicit rows: an emptied branch has 0 features
         x = torch.cat([x, x.new_ones(rows, 1)], 1)
-        if weights is not None:
-            root = weights.double().to(x.device).sqrt().expand(target.shape[:-1]).reshape(rows, 1)
-            x, target = x * root, target.reshape(rows, target.shape[-1]).double() * root
-        self.g += x.T @ x
+        lead = target.shape[:-1]
         target = target.reshape(rows, target.shape[-1]).double()
+        if weights is not None:
+            root = weights.double().to(x.device).sqrt().expand(lead).reshape(rows, 1)
+            x, target = x * root, target * root
+        self.g += x.T @ x
         self.r += x.T @ target
         self.tt += target.pow(2).sum()
 

@@ -111,8 +111,8 @@ class RefitError(Criterion):
 
     name = "refit_error"
     scale = "rank"
-    formula = ("greedy Optimal Brain Surgeon on each block's output layers (the attention projection, the FFN's second linear layer): remove the unit whose "
-               "input columns cost the least squared output error after re-fitting the layer by least squares on the "
+    formula = ("greedy Optimal Brain Surgeon on each block's output layers (the attention projection, the FFN's "
+               "second linear layer): remove the unit whose input columns cost the least squared output error after re-fitting the layer by least squares on the "
                "calibration tokens, update, repeat; a unit's score is the step at which it goes (ranks within a block: "
                "widths come from the budget criterion). Made to choose what prune.reconstruct: lstsq re-fits")
 
@@ -129,7 +129,8 @@ class RefitError(Criterion):
             score = torch.zeros(width, dtype=torch.float64)
             if width:
                 layer = unit.out_layer(model, l)
-                order, _ = removal_order(layer.weight.cpu(), None if layer.bias is None else layer.bias.cpu(), grams[l].cpu(), unit.channels(model, l), self.ridge)
+                bias = None if layer.bias is None else layer.bias.cpu()
+                order, _ = removal_order(layer.weight.cpu(), bias, grams[l].cpu(), unit.channels(model, l), self.ridge)
                 score[torch.tensor(order)] = torch.arange(1, width + 1, dtype=torch.float64)
             rows.append(score)
         return stack_rows(rows)
