@@ -92,6 +92,18 @@ class LatencyTable:
         delta = sum(self.branch(k, w) - self.branch(k, dense[k]) for k, ws in widths.items() for w in ws)
         return self.dense_ms + delta
 
+    @property
+    def noisy(self) -> bool:
+        """Whether the table was measured on a busy machine (`noise["reasons"]` says how): its milliseconds,
+        and every plan paid in them, are rough."""
+        return bool(self.noise.get("noisy"))
+
+    def noise_warning(self) -> str | None:
+        if not self.noisy:
+            return None
+        return (f"the latency table was measured on a busy machine ({'; '.join(self.noise.get('reasons', []))}): "
+                "its predictions are rough; measure it again with nothing else running")
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -223,8 +235,8 @@ def measure_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ..
             probes = _probes(model, key, spec)
             whole = _runners({"dense": model, **{f"probe_{k}": m for k, (m, _) in probes.items()}},
                              torch.randn(spec.batch_size, *input_size), spec, Path(tmp))
-            dense_res, _ = measure_until_stable(whole, tuple(input_size), (spec.batch_size,), warmup=5,
-                                                repeats=repeats)
+            dense_res, whole_noise = measure_until_stable(whole, tuple(input_size), (spec.batch_size,), warmup=5,
+                                                          repeats=repeats)
     finally:
         torch.set_num_threads(threads)
     ms = {n: r[str(spec.batch_size)]["median_ms"] for n, r in res.items()}
@@ -237,12 +249,26 @@ def measure_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ..
         isolated = table.dense_ms - table.predict({kind: [width] * table.depth})
         measured = table.dense_ms - whole_ms[f"probe_{kind}"]
         # a factor far from 1 means a probe the clock could not resolve, not a real effect: keep the steps as timed
-        factor = measured / isolated if isolated > 0 and 0.25 <= measured / isolated <= 4 else 1.0
+        trusted = isolated > 0 and 0.25 <= measured / isolated <= 4
+        factor = measured / isolated if trusted else 1.0
+        if not trusted and measured > 0.05 * table.dense_ms:  # a clear saving the steps cannot explain
+            whole_noise = {**whole_noise, "noisy": True, "reasons": [
+                *whole_noise.get("reasons", []), f"the {kind} probe saved {measured:.3f} ms where its isolated "
+                f"steps predict {isolated:.3f} ms"]}
         table.scale[kind] = factor
         table.probes[kind] = {"width": width, "measured_ms": whole_ms[f"probe_{kind}"],
                               "isolated_prediction_ms": table.dense_ms - isolated, "factor": factor}
+    table.noise = merge_noise(noise, whole_noise)
     table.seconds = time.perf_counter() - start
     return table
+
+
+def merge_noise(branches: dict, whole: dict) -> dict:
+    """One noise report for a table: its branch timings' (kept flat, as `bench.noise_report` gives it) with
+    the whole-model timings' reasons added and the whole report under `whole`."""
+    reasons = [*branches.get("reasons", []), *(f"whole model: {r}" for r in whole.get("reasons", []))]
+    return {**branches, "noisy": bool(branches.get("noisy") or whole.get("noisy")), "reasons": reasons,
+            "whole": whole}
 
 
 def _probes(model: nn.Module, key: dict, spec: LatencySpec) -> dict[str, tuple[nn.Module, int]]:
@@ -257,19 +283,38 @@ def _probes(model: nn.Module, key: dict, spec: LatencySpec) -> dict[str, tuple[n
     return out
 
 
-def latency_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...], *, log=print) -> LatencyTable:
-    """The cached table for this model shape and place, measured (and cached) on first use."""
+NOISY_ATTEMPTS = 2  # a table measured on a busy machine is measured once more before it is used as it is
+
+
+def latency_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...], *, on_noise: str = "warn",
+                  log=print) -> LatencyTable:
+    """The cached table for this model shape and place, measured (and cached) on first use.
+
+    A table measured on a busy machine (`LatencyTable.noisy`) is measured again once; if it is still noisy it
+    is used with a warning (`on_noise: warn`) or refused with a one-line error (`on_noise: error`), and never
+    cached, so the next run on a quiet machine measures a table worth keeping."""
     key = table_key(model, spec, input_size)
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("key") == key:
+            if data.get("key") == key and not data.get("noise", {}).get("noisy"):
                 log(f"[latency] reusing the table in {path}")
                 return LatencyTable(**data)
         except (OSError, ValueError, TypeError):
-            pass  # a damaged cache entry is measured again
-    table = measure_table(model, spec, input_size, log=log)
+            pass  # a damaged (or noisy) cache entry is measured again
+    for attempt in range(1, NOISY_ATTEMPTS + 1):
+        table = measure_table(model, spec, input_size, log=log)
+        if not table.noisy:
+            break
+        if attempt < NOISY_ATTEMPTS:
+            log(f"[latency] busy machine ({'; '.join(table.noise.get('reasons', []))}); measuring again")
+    if table.noisy:
+        if on_noise == "error":
+            raise ConfigError(f"{table.noise_warning()}; stop other work and rerun, or set "
+                              "prune.latency.on_noise: warn to plan with it anyway")
+        log(f"[latency] warning: {table.noise_warning()}; not cached")
+        return table
     from .io import write_json
 
     try:

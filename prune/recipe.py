@@ -85,11 +85,13 @@ class LatencyCfg(_Section):
     batch_size: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)  # None: the runtime's default
     ffn_step: int = Field(64, ge=1)  # FFN widths measured every this many neurons (interpolated between)
+    # a table measured on a busy machine (measured twice): plan with it and say so (warn), or stop (error)
+    on_noise: Literal["warn", "error"] = "warn"
 
     def spec(self):
         from .latency import LatencySpec
 
-        return LatencySpec(**self.model_dump())
+        return LatencySpec(**self.model_dump(exclude={"on_noise"}))
 
 
 TARGETS = ("ratio", "macs_ratio", "latency_ratio")  # the prune targets; any one may be a list (a sweep)

@@ -160,6 +160,8 @@ def render_markdown(m: dict) -> str:
             line += (f"; measured {got[0]:.3f} and {got[1]:.3f} ms ({got[0] / got[1]:.2f}x; prediction error on the "
                      f"pruned model {lp['pruned_ms'] / got[1] - 1:+.1%}, {anchored / got[1] - 1:+.1%} once anchored "
                      f"to the dense model measured beside it: {anchored:.3f} ms)")
+        if lp.get("warning"):
+            line += f". Warning: {lp['warning']}"
         lines += [line + ".", ""]
     if lat:
         lines += [f"Latency: median of {m['bench']['repeats']} alternating runs after {m['bench']['warmup']} warm-up; "

@@ -3,6 +3,7 @@ exact on known tables, the allocation meets its target by score per millisecond 
 cached by what they depend on, and a recipe with `prune.latency_ratio` plans with it. Nothing here
 asserts a measured time (speed lives in benchmarks)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -78,6 +79,8 @@ def test_tables_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path))
     model = tiny_vit(depth=2)
     spec = lat.LatencySpec(runtime="pytorch", ffn_step=32, batch_size=2)
+    measure = lat.measure_table  # measured for real; a busy test machine must not stop it being cached here
+    monkeypatch.setattr(lat, "measure_table", lambda *a, **k: dataclasses.replace(measure(*a, **k), noise={}))
     first = lat.latency_table(model, spec, (3, 16, 16), log=lambda m: None)
     assert len(first.attn_ms) == 3 and first.ffn_widths == [0, 32, 64] and first.dense_ms > 0
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
@@ -184,3 +187,74 @@ def test_the_latency_cost_model_is_the_tables_step_and_allocates_as_the_table_do
     scores = {"ffn": torch.rand(3, 64, generator=torch.Generator().manual_seed(0)), "heads": torch.ones(3, 2)}
     settings = PruneCfg(scope="global", max_layer_ratio=1.0, latency_ratio=0.05)
     assert allocate_latency(scores, widths, cost, 9.5, settings) == allocate_latency(scores, widths, t, 9.5, settings)
+
+
+def _noisy(table):
+    table.noise = {"noisy": True, "reasons": ["other processes used 80% of the CPU time during the measurement"]}
+    return table
+
+
+def test_a_noisy_table_is_measured_again_then_used_with_a_warning_or_refused_and_never_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path))
+    model = tiny_vit(depth=2)
+    spec = lat.LatencySpec(runtime="pytorch", ffn_step=32)
+    calls, logs = [], []
+
+    def busy_then_quiet(model, spec, input_size, **kw):
+        calls.append(1)
+        t = synthetic_table(model, spec, input_size)
+        return _noisy(t) if len(calls) == 1 else t
+
+    monkeypatch.setattr(lat, "measure_table", busy_then_quiet)
+    t = lat.latency_table(model, spec, (3, 16, 16), log=logs.append)
+    assert len(calls) == 2 and not t.noisy and any("measuring again" in m for m in logs)
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1  # the quiet one is kept
+
+    for f in (tmp_path / "latency").glob("*.json"):
+        f.unlink()
+    calls.clear()
+    monkeypatch.setattr(lat, "measure_table", lambda *a, **k: (calls.append(1), _noisy(synthetic_table(*a)))[1])
+    t = lat.latency_table(model, spec, (3, 16, 16), log=logs.append)
+    assert len(calls) == lat.NOISY_ATTEMPTS and t.noisy and "busy machine" in t.noise_warning()
+    assert not list((tmp_path / "latency").glob("*.json"))  # not cached
+    with pytest.raises(ConfigError, match="busy machine .*on_noise: warn"):
+        lat.latency_table(model, spec, (3, 16, 16), on_noise="error", log=logs.append)
+
+    # a noisy entry already in the cache (written by an older version) is measured again, not reused
+    from prune.io import write_json
+
+    key = lat.table_key(model, spec, (3, 16, 16))
+    path = lat.cache_dir() / (lat.hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
+    write_json(path, _noisy(synthetic_table(model, spec, (3, 16, 16))).to_json())
+    calls.clear()
+    monkeypatch.setattr(lat, "measure_table", lambda *a, **k: (calls.append(1), synthetic_table(*a))[1])
+    assert not lat.latency_table(model, spec, (3, 16, 16), log=logs.append).noisy and len(calls) == 1
+
+
+def test_a_plan_on_a_noisy_table_says_so():
+    from prune.budget import block_plan, render
+
+    model = tiny_vit(depth=2)
+    table = _noisy(synthetic_table(model, lat.LatencySpec(runtime="pytorch", ffn_step=32), (3, 16, 16)))
+    plan = block_plan(model, [lat.FFN, lat.HEADS], {"ffn": [32, 32]}, torch.zeros(1, 3, 16, 16), table)
+    assert "busy machine" in plan["latency_warning"] and any(l.startswith("warning: ") for l in render(plan))
+    quiet = block_plan(model, [lat.FFN, lat.HEADS], {"ffn": [32, 32]}, torch.zeros(1, 3, 16, 16),
+                       synthetic_table(model, lat.LatencySpec(runtime="pytorch", ffn_step=32), (3, 16, 16)))
+    assert "latency_warning" not in quiet and not any(l.startswith("warning") for l in render(quiet))
+
+
+def test_the_whole_model_timings_and_an_unexplained_probe_make_a_table_noisy(monkeypatch):
+    from prune import bench
+
+    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn32": 0.3, "ffn64": 0.5,
+             "dense": 10.0, "probe_heads": 9.25, "probe_ffn": 5.0}  # FFN probe: 5 ms saved, its steps say 0.6
+
+    def clock(runners, shape, batch_sizes, warmup=3, repeats=20):
+        return ({n: {str(b): {"median_ms": known[n]} for b in batch_sizes} for n in runners},
+                {"noisy": False, "reasons": []})
+
+    monkeypatch.setattr(bench, "measure_until_stable", clock)
+    t = lat.measure_table(tiny_vit(depth=3), lat.LatencySpec(runtime="pytorch", ffn_step=32), (3, 16, 16),
+                          log=lambda m: None)
+    assert t.noisy and t.scale["ffn"] == 1.0 and any("ffn probe" in r for r in t.noise["reasons"])
+    assert not any("heads probe" in r for r in t.noise["reasons"])

@@ -68,6 +68,8 @@ def block_plan(model: nn.Module, units: list[Unit], keep: dict[str, list[int]], 
         out["ms_dense"] = latency.dense_ms
         out["ms_planned"] = latency.predict(kept)
         out["speedup"] = latency.dense_ms / out["ms_planned"]
+        if latency.noisy:
+            out["latency_warning"] = latency.noise_warning()
     return out
 
 
@@ -83,4 +85,6 @@ def render(plan: dict) -> list[str]:
     if ms:
         lines.append(f"predicted latency: {plan['ms_planned']:.3f} ms of {plan['ms_dense']:.3f} ms measured dense "
                      f"({plan['speedup']:.2f}x)")
+    if plan.get("latency_warning"):
+        lines.append(f"warning: {plan['latency_warning']}")
     return lines

@@ -84,7 +84,9 @@ class RunContext:
             from ..latency import latency_table
 
             model, data_cfg, _ = self._loaded()
-            self._latency = latency_table(model, self.r.prune.latency.spec(), tuple(data_cfg.input_size), log=self.log)
+            lc = self.r.prune.latency
+            self._latency = latency_table(model, lc.spec(), tuple(data_cfg.input_size), on_noise=lc.on_noise,
+                                          log=self.log)
         return self._latency
 
     # ------------------------------------------------------------------------ what stage keys share

@@ -66,6 +66,7 @@ def build(ctx: RunContext, out: Path) -> dict:
         write_json(out / "latency_table.json", table.to_json())
         info["latency_predicted"] = {"dense_ms": table.dense_ms,
                                      "pruned_ms": table.predict({k: [len(i) for i in kept[k]] for k in kept}),
-                                     **ctx.r.prune.latency.model_dump()}
+                                     **ctx.r.prune.latency.model_dump(),
+                                     **({"warning": table.noise_warning()} if table.noisy else {})}
     write_json(out / "prune.json", info)
     return info
