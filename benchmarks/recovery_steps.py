@@ -43,7 +43,21 @@ VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
                                       "prune.reconstruct_prefix_share=0.5", "importance.kind=refit_error"],
             "lstsq+cls+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
                                          "prune.reconstruct_prefix_share=0.5",
-                                         "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"]}
+                                         "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
+            # then the classifier re-fitted to the dense logits on 1,024 images (the default since section 14)
+            "lstsq+cls+head": ["prune.mode=oneshot", "prune.reconstruct=lstsq", "prune.reconstruct_prefix_share=0.5",
+                               "prune.reconstruct_head_images=1024"],
+            "iterative+lstsq+cls+head": ["prune.mode=iterative", "prune.reconstruct=lstsq",
+                                         "prune.reconstruct_prefix_share=0.5", "prune.reconstruct_head_images=1024"],
+            "lstsq+cls+head+attention_kept": ["prune.mode=oneshot", "prune.reconstruct=lstsq",
+                                              "prune.reconstruct_prefix_share=0.5", "prune.reconstruct_head_images=1024",
+                                              "prune.max_layer_ratio={ffn: 1.0, heads: 0.67}"],
+            "blockwise+cls+head": ["prune.mode=oneshot", "prune.reconstruct=blockwise",
+                                   "prune.reconstruct_prefix_share=0.5", "prune.reconstruct_head_images=1024"]}
+# the variants named without `+head` re-fit the blocks only, as they did when they were first measured
+for _name, _sets in VARIANTS.items():
+    if "+head" not in _name:
+        _sets.append("prune.reconstruct_head_images=0")
 
 
 def seconds(out: Path, stage: str) -> float | None:
@@ -64,22 +78,25 @@ def main(argv=None) -> None:
     p.add_argument("--eval-images", type=int, default=None, help="test images (default: all)")
     p.add_argument("--csv", required=True)
     p.add_argument("--runs", default="runs/recovery_steps")
+    p.add_argument("--set", dest="sets", action="append", default=[],
+                   help="a recipe override for every run (e.g. finetune.lr=1e-3), recorded in the CSV's `sets`")
+    p.add_argument("--tag", default="", help="appended to each run directory's name (runs with other --set)")
     args = p.parse_args(argv)
     base = [f"model.name={args.model}", f"data.source={args.data}", "export.enabled=false", "bench.enabled=false",
             f"prune.iterations={args.iterations}"] + ([f"data.eval_images={args.eval_images}"] if args.eval_images else [])
     path = Path(args.csv)
     fields = ["model", "macs_ratio", "variant", "distill", "recover_epochs", "recover_images", "eval_images",
               "dense_top1", "oneshot_top1", "refitted_top1", "finetuned_top1", "importance_s", "reconstruct_s",
-              "finetune_s"]
+              "finetune_s", "sets"]
     with appending_csv(path, fields) as append:
         for t in [float(x) for x in args.targets.split(",")]:
             for variant in args.variants.split(","):
-                out = Path(args.runs) / f"macs{t}_{variant}"
+                out = Path(args.runs) / f"macs{t}_{variant}{args.tag}"
                 modes = [("none", 0)] + [(d, args.recover_epochs) for d in args.distill.split(",") if args.recover_epochs]
                 for distill, epochs in modes:
                     sets = [*base, f"prune.macs_ratio={t}", *VARIANTS[variant], f"finetune.epochs={epochs}",
                             f"finetune.train_images={args.recover_images}",
-                            f"finetune.distill.features={distill == 'features'}"]
+                            f"finetune.distill.features={distill == 'features'}", *args.sets]
                     s = run(out, sets)
                     acc = s["accuracy"]
                     row = {"model": Path(args.model).name, "macs_ratio": t, "variant": variant, "distill": distill,
@@ -88,7 +105,7 @@ def main(argv=None) -> None:
                            "oneshot_top1": acc["pruned"]["top1"], "refitted_top1": acc.get("refitted", {}).get("top1"),
                            "finetuned_top1": acc.get("finetuned", {}).get("top1"),
                            "importance_s": seconds(out, "importance"), "reconstruct_s": seconds(out, "reconstruct"),
-                           "finetune_s": seconds(out, "finetune") if epochs else None}
+                           "finetune_s": seconds(out, "finetune") if epochs else None, "sets": " ".join(args.sets)}
                     append(row)
                     print(row, flush=True)
 

@@ -133,6 +133,8 @@ class PruneCfg(_Section):
     # share of each image's squared error its prefix (CLS) tokens carry in the re-fit (null: every token alike);
     # the classifier reads the CLS token, and a fit to every token alike can lower top-1 (RESULTS.md section 13)
     reconstruct_prefix_share: float | None = Field(0.5, gt=0, lt=1)
+    # then the classifier re-fitted to the dense logits on this many training images (0: left as cut)
+    reconstruct_head_images: int = Field(1024, ge=0)
     reconstruct_steps: int = Field(100, ge=0, le=100_000)  # blockwise: Adam steps per block
     reconstruct_lr: float = Field(3e-4, gt=0, le=1)  # blockwise: Adam's learning rate, cosine-decayed to 0
     reconstruct_start: Literal["lstsq", "pruned"] = "lstsq"  # blockwise: train from the lstsq re-fit or the cut weights

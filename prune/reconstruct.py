@@ -200,6 +200,26 @@ def refit(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: floa
     return _sequential(pruned, dense, [b[0] for b in batches if len(b[0])], fit, "reconstruct", progress)
 
 
+@torch.no_grad()
+def refit_head(pruned: nn.Module, dense: nn.Module, batches: Iterable, *, ridge: float = 1e-3,
+               reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict | None:
+    """Re-fit the classifier (`model.head`) by ridge least squares so that, on the pruned model's own pre-logits,
+    it gives the dense model's logits on the images of `batches` (`(images, ...)`): what the re-fitted blocks
+    still leave wrong in the one token the classifier reads, corrected where it is read. Kept only when it
+    lowers the logits' squared error; None when the model has no linear head."""
+    head = getattr(pruned, "head", None)
+    if not isinstance(head, nn.Linear):
+        return None
+    pruned.eval()
+    dense.eval()
+    eq = NormalEquations(head.in_features, head.out_features, head.weight.device)
+    for b in batches:
+        x = b[0]
+        if len(x):
+            eq.add(pruned.forward_head(pruned.forward_features(x), pre_logits=True), dense(x))
+    return {"block": "head", "branch": "head", **_fit_layer(eq, head, None, None, ridge, reduce)}
+
+
 # --- blockwise: every parameter of the block trained against the dense block's output ---------------------------
 
 BATCH_IMAGES = 32  # calibration images per Adam step (all of them when there are fewer)

@@ -261,3 +261,29 @@ def test_refit_token_weights_refits_one_cut_per_setting(tmp_path):
     assert [(r["prefix_weight"], r["last_prefix_only"]) for r in rows] == [("1.0", "False"), ("16.0", "False"),
                                                                            ("16.0", "True")]
     assert len({r["cut_top1"] for r in rows}) == 1 and all(0 < float(r["refitted_top1"]) <= 1 for r in rows)
+
+
+def test_train_cifar_vit_anneals_a_snapshot_from_the_learning_rate_it_had(tmp_path):
+    """`--cool-from` a model: its weights, the learning rate its schedule had at that epoch, decayed to 0; the
+    annealed model loads like the others."""
+    from test_pipeline import _local_dataset
+
+    from prune.models import load_model
+
+    data = _local_dataset(tmp_path / "data", {"train": list(range(10)) * 4, "test": list(range(10))}, 32)
+    train = load("train_cifar_vit")
+    small = ["--data", str(data), "--recipe", "basic", "--depth", "1", "--width", "32", "--heads", "2"]
+    src = tmp_path / "model"
+    train.main([*small, "--out", str(src), "--epochs", "3"])
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["epochs_done"] == 3 and [r["epoch"] for r in cfg["log"]] == [1, 2, 3]
+    cfg["log"][-1]["lr"] = 4e-4  # as a snapshot taken mid-schedule says
+    (src / "config.json").write_text(json.dumps(cfg))
+    cooled = tmp_path / "cooled"
+    train.main([*small, "--out", str(cooled), "--epochs", "1", "--cool-from", str(src)])
+    c = json.loads((cooled / "config.json").read_text())
+    assert c["cooled"]["from_epoch"] == 3 and c["lr"] == cfg["log"][-1]["lr"] > 0 and c["log"][-1]["lr"] == 0
+    model, _, _ = load_model(str(cooled))
+    assert model.blocks[0].mlp.fc1.out_features == 128
+    with pytest.raises(SystemExit, match="needs --epochs"):
+        train.main([*small, "--out", str(tmp_path / "x"), "--cool-from", str(src)])

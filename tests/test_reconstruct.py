@@ -18,7 +18,7 @@ from torch import nn
 
 from prune.cli import main
 from prune.models import ViTAdapter
-from prune.reconstruct import blockwise, refit
+from prune.reconstruct import blockwise, refit, refit_head
 
 
 def duplicated_neurons(model):
@@ -90,6 +90,27 @@ def test_refit_lowers_the_error_of_the_block_outputs_against_the_dense_stream():
         return (xa - xb).pow(2).mean().item()
 
     assert stream_error(fitted) < 0.5 * stream_error(pruned)
+
+
+def test_the_head_refit_is_exact_when_the_features_are_the_dense_ones_and_never_worse():
+    dense = trained_tiny_vit()
+    wrong = copy.deepcopy(dense)
+    with torch.no_grad():  # same features, a scrambled classifier: the exact fit is the dense head
+        wrong.head.weight.copy_(torch.randn_like(wrong.head.weight))
+        wrong.head.bias.add_(1.0)
+    x = batches(1, seed=9)[0][0]
+    row = refit_head(wrong, dense, batches(), ridge=0.0)
+    assert row["error_after"] < 1e-8 < row["error_before"] and not row["kept_old"]
+    with torch.no_grad():
+        torch.testing.assert_close(wrong(x), dense(x), rtol=1e-4, atol=1e-4)
+    # on a real cut it lowers the logits' error; a ridge that collapses it to the bias keeps the old head
+    pruned = keep_even_neurons(dense)
+    refit(pruned, dense, batches(), ridge=1e-3)
+    row = refit_head(copy.deepcopy(pruned), dense, batches(), ridge=1e-3)
+    assert row["error_after"] < row["error_before"]
+    head = pruned.head.weight.clone()
+    row = refit_head(pruned, dense, batches(), ridge=1e12)
+    assert row["kept_old"] and row["error_after"] == row["error_before"] and torch.equal(pruned.head.weight, head)
 
 
 def test_reconstruct_stage_feeds_the_fine_tune_and_the_report(tmp_path):
@@ -165,8 +186,9 @@ def test_blockwise_stage_runs_end_to_end_and_keys_its_fields(tmp_path):
     assert summary["reconstruct"]["reconstruct_steps"] == 3
     key = json.loads((out / "reconstruct/stage.json").read_text())["inputs"]["reconstruct"]
     assert key["reconstruct_steps"] == 3 and key["reconstruct_lr"] == 1e-3 and key["reconstruct_start"] == "lstsq"
+    assert key["reconstruct_head_images"] == 1024
     rows = json.loads((out / "reconstruct/metrics.json").read_text())["branches"]
-    assert {r["branch"] for r in rows} == {"attn", "ffn", "block"}
+    assert {r["branch"] for r in rows} == {"attn", "ffn", "block", "head"}
     assert all(r["error_after"] <= r["error_before"] for r in rows)
 
 

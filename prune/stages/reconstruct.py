@@ -1,6 +1,7 @@
 """The reconstruct stage: re-fit the pruned model to the dense model's residual stream, block by block
 (`prune/reconstruct.py`), on `prune.reconstruct_images` training images: the branch output layers by
-least squares (`lstsq`), or every parameter of each block by Adam (`blockwise`). Runs when
+least squares (`lstsq`), or every parameter of each block by Adam (`blockwise`); then the classifier
+by least squares on the dense logits of `prune.reconstruct_head_images` images. Runs when
 `prune.reconstruct` is not `none`; its model is what fine-tuning starts from."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .. import dist
 from ..artifacts import input_stage
 from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
 from ..io import write_json
-from ..reconstruct import blockwise, prefix_weight_for, refit
+from ..reconstruct import blockwise, prefix_weight_for, refit, refit_head
 from .context import RunContext, device
 
 NAME = "reconstruct"
@@ -27,6 +28,7 @@ def inputs(ctx: RunContext) -> dict | None:
     if p.reconstruct == "none":
         return None
     fields = {"reconstruct", "reconstruct_images", "reconstruct_ridge", "reconstruct_prefix_share",
+              "reconstruct_head_images",
               *(BLOCKWISE if p.reconstruct == "blockwise" else ())}
     return {**ctx.eval_inputs(), "split": ctx.r.data.train_split, "seed": ctx.r.importance.seed,
             "reconstruct": p.model_dump(include=fields),
@@ -49,6 +51,11 @@ def build(ctx: RunContext, out: Path) -> dict:
     else:
         rows = refit(model, dense, ctx.batches(loader, "reconstruct"), ridge=p.reconstruct_ridge,
                      reduce=dist.reduce_sum, progress=ctx.progress, prefix_weight=weight)
+    if p.reconstruct_head_images:
+        heads = ctx.loader(r.data.train_split, data_cfg, p.reconstruct_head_images, r.importance.seed + 2, shard=True)
+        head = refit_head(model, dense, ctx.batches(heads, "reconstruct"), ridge=p.reconstruct_ridge,
+                          reduce=dist.reduce_sum)
+        rows += [head] if head else []
     seconds = time.perf_counter() - start
     model = model.cpu().eval()
     if dist.is_main():
