@@ -258,3 +258,20 @@ def test_the_whole_model_timings_and_an_unexplained_probe_make_a_table_noisy(mon
                           log=lambda m: None)
     assert t.noisy and t.scale["ffn"] == 1.0 and any("ffn probe" in r for r in t.noise["reasons"])
     assert not any("heads probe" in r for r in t.noise["reasons"])
+
+
+def test_every_target_of_a_latency_sweep_plans_on_one_table_even_a_noisy_one(tmp_path, monkeypatch):
+    """A noisy table is not cached on disk, so the run itself must keep it: measured (twice) once per run,
+    not once per target, and every target's prediction comes from the same table."""
+    monkeypatch.setenv("PRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(lat, "measure_table", lambda *a, **k: (calls.append(1), _noisy(synthetic_table(*a)))[1])
+    sets = ["importance.calibration_images=64", "data.eval_images=60", "finetune.epochs=0", "export.enabled=false",
+            "bench.enabled=false", "prune.units=[ffn,heads]", "prune.latency_ratio=[0.2,0.3]",
+            "prune.max_layer_ratio=1.0", "prune.macs_ratio=null", "prune.latency.ffn_step=128"]
+    out = tmp_path / "run"
+    assert main(["--recipe", "quickstart.yaml", "--out", str(out), "--quiet", *sum([["--set", s] for s in sets], [])]) == 0
+    assert len(calls) == lat.NOISY_ATTEMPTS
+    dense = {json.loads(p.read_text())["latency_predicted"]["dense_ms"] for p in out.glob("targets/*/prune/prune.json")}
+    warned = [json.loads(p.read_text())["latency_predicted"].get("warning") for p in out.glob("targets/*/prune/prune.json")]
+    assert len(dense) == 1 and len(warned) == 2 and all("busy machine" in w for w in warned)

@@ -55,12 +55,15 @@ class RunContext:
         self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, Split] = {}
         self._latency = None
+        self._root: RunContext | None = None  # a sweep target's: the run's context, which measures latency once
+        self._tables: dict[str, object] = {}  # latency tables measured, by `prune.latency`
 
     def for_target(self, recipe: Recipe, run_dir: RunDir) -> "RunContext":
         """The context of another target of a sweep: its own recipe, run directory view and summary; the
         loaded model, dataset splits and latency table (which no target changes) shared with this one."""
         ctx = RunContext(recipe, run_dir, progress=self.progress, log=self.log)
         ctx._dense, ctx._splits, ctx._latency = self._loaded(), self._splits, self._latency
+        ctx._root = self._root or self
         return ctx
 
     def scorer(self, kind: str) -> Criterion:
@@ -81,13 +84,20 @@ class RunContext:
         if self.r.prune.latency_ratio is None:
             return None
         if self._latency is None:
+            self._latency = (self._root or self).measured_latency(self.r.prune.latency)
+        return self._latency
+
+    def measured_latency(self, lc):
+        """The dense model's latency table where `lc` (a `prune.latency`) says, measured (or read from the disk
+        cache) once per run, so every target of a sweep plans on the same table, even one too noisy to cache."""
+        key = lc.model_dump_json()
+        if key not in self._tables:
             from ..latency import latency_table
 
             model, data_cfg, _ = self._loaded()
-            lc = self.r.prune.latency
-            self._latency = latency_table(model, lc.spec(), tuple(data_cfg.input_size), on_noise=lc.on_noise,
-                                          log=self.log)
-        return self._latency
+            self._tables[key] = latency_table(model, lc.spec(), tuple(data_cfg.input_size), on_noise=lc.on_noise,
+                                              log=self.log)
+        return self._tables[key]
 
     # ------------------------------------------------------------------------ what stage keys share
     def model_inputs(self) -> dict:
