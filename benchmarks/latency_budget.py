@@ -60,17 +60,18 @@ def main(argv=None) -> None:
             seconds = round(time.perf_counter() - start, 1)
             for label in json.loads((out / "summary.json").read_text())["targets"]:
                 t = float(label.rsplit("-", 1)[1])
-                append(_row(args, budget, t, out / "targets" / label, seconds))
+                one = out / "targets" / label  # a sweep of one target keeps its stages in `out` itself
+                append(_row(args, budget, t, one, one if (one / "prune").is_dir() else out, seconds))
 
 
-def _row(args, budget: str, t: float, out: Path, seconds: float) -> dict:
-    """One target's figures from its directory in the sweep."""
-    s = json.loads((out / "summary.json").read_text())
-    pr = json.loads((out / "prune" / "prune.json").read_text())
+def _row(args, budget: str, t: float, target: Path, stages: Path, seconds: float) -> dict:
+    """One target's figures from its directory in the sweep (its summary) and where its stages are."""
+    s = json.loads((target / "summary.json").read_text())
+    pr = json.loads((stages / "prune" / "prune.json").read_text())
     lat = s["latency"]["onnxruntime"]
     acc = s["accuracy"]
     lp = pr.get("latency_predicted")
-    table = json.loads((out / "prune" / "latency_table.json").read_text()) if lp else None
+    table = json.loads((stages / "prune" / "latency_table.json").read_text()) if lp else None
     row = {"model": Path(args.model).name, "budget": budget, "target": t,
            "eval_images": acc["dense"]["images"], "dense_top1": acc["dense"]["top1"],
            "pruned_top1": acc["pruned"]["top1"], "final_top1": list(acc.values())[-1]["top1"],

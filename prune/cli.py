@@ -105,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make a model that predicts only some classes: the run's recipe with prune.classes set, in a "
                     "new run directory that starts from the run's path statistics (no rediscovery), so only "
                     "scoring, pruning, evaluation and the later stages run. Example:\n\n"
-                    "  prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.8",
+                    "  prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.6",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("run", help="a finished run directory (made by prune --recipe)")
     sp.add_argument("--classes", required=True,
                     help="comma-separated class indices or names (the dataset's ClassLabel names), in output order")
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a value of the run's recipe, e.g. --set prune.macs_ratio=0.8 (repeatable)")
+                    help="override a value of the run's recipe, e.g. --set prune.macs_ratio=0.6 (repeatable)")
     sp.add_argument("--out", default=None, help="run directory for the specialised model (default: RUN-classes-...)")
     sp.add_argument("--update", action="store_true",
                     help="accept a changed recipe in an existing --out; unchanged stages are reused")

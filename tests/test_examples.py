@@ -53,13 +53,13 @@ EXAMPLES = {
     "prune --recipe cifar10_vit_tiny_50pct.yaml --set model.name=models/mine --set data.source=path/to/parquet_dir "
     "--out runs/mine": "run",
     # CIFAR-10 by name needs the hub: the local CIFAR-shaped parquet shards instead
-    "prune --recipe recipes/cifar10_vit_tiny_50pct.yaml --set 'prune.classes=[cat,dog]' --set prune.macs_ratio=0.8 "
+    "prune --recipe recipes/cifar10_vit_tiny_50pct.yaml --set 'prune.classes=[cat,dog]' --set prune.macs_ratio=0.6 "
     "--set importance.kind=path_attribution ...":
-        "run: --recipe recipes/cifar10_vit_tiny_50pct.yaml --set prune.classes=[3,5] --set prune.macs_ratio=0.8 "
+        "run: --recipe recipes/cifar10_vit_tiny_50pct.yaml --set prune.classes=[3,5] --set prune.macs_ratio=0.6 "
         "--set importance.kind=path_attribution --set model.name=models/mine --set data.source={data} --out {tmp}/c",
-    "prune specialize runs/cifar10_vit_tiny_50pct --classes cat,dog --set prune.macs_ratio=0.8": "run",
-    "prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.8":
-        "run: specialize runs/cifar10_vit_tiny_50pct --classes 3,5 --set prune.macs_ratio=0.8 --out {tmp}/s2",
+    "prune specialize runs/cifar10_vit_tiny_50pct --classes cat,dog --set prune.macs_ratio=0.6": "run",
+    "prune specialize runs/cifar10 --classes cat,dog --set prune.macs_ratio=0.6":
+        "run: specialize runs/cifar10_vit_tiny_50pct --classes 3,5 --set prune.macs_ratio=0.6 --out {tmp}/s2",
     "prune specialize RUN --classes cat,dog": "covered: the specialize examples above",
     "prune --recipe quickstart.yaml [--set prune.macs_ratio=0.5 ...] [--out DIR]": "covered: the first README example",
     "prune convert MODEL --out DIR": "covered: the convert examples above",
@@ -151,7 +151,7 @@ def workdir(tmp_path_factory):
     sets = sum([["--set", s] for s in SMALL], [])
     assert main(["--recipe", "quickstart.yaml", "--out", str(d / "runs/quickstart"), "--quiet", *sets]) == 0
     torch.manual_seed(0)
-    small = dict(CIFAR_KW, embed_dim=32, depth=2, num_heads=2)
+    small = dict(CIFAR_KW, embed_dim=48, depth=2, num_heads=3)
     save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False, **small).state_dict(), str(d / "weights.safetensors"))
     (d / "path/to").mkdir(parents=True)
     _local_dataset(d / "path/to/parquet_dir", {"train": list(range(10)) * 2, "test": list(range(10))}, 32)
@@ -163,7 +163,7 @@ def _argv(example: str, how: str, d: Path) -> list[str]:
     cmd = cmd.replace("{tmp}", str(d)).replace("{data}", str(d / "path/to/parquet_dir"))
     argv = shlex.split(cmd)[1:]
     if "--kwargs" in argv and argv[argv.index("--kwargs") + 1] != "{}" or "{}" in argv:  # the README's CIFAR ViT-Tiny, kept small (2 blocks, width 32) for the test
-        argv[argv.index("--kwargs") + 1] = json.dumps(dict(CIFAR_KW, embed_dim=32, depth=2, num_heads=2))
+        argv[argv.index("--kwargs") + 1] = json.dumps(dict(CIFAR_KW, embed_dim=48, depth=2, num_heads=3))
     if "--recipe" in argv:
         argv += sum([["--set", s] for s in SMALL + ["data.batch_size=16", "finetune.batch_size=16"]], []) + ["--quiet"]
     if argv[0] == "specialize":
