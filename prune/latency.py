@@ -148,7 +148,10 @@ def _branches(model: nn.Module, spec: LatencySpec) -> dict[str, nn.Module]:
 
 
 def ffn_grid(width: int, step: int) -> list[int]:
-    return sorted({0, width, *range(step, width, step)})
+    """FFN widths to time: 0 (the branch as its bias), 1 (the branch's fixed cost: its norm and three kernel
+    launches, paid by any width above 0, so a width of a few neurons is not priced like an emptied
+    branch), then every `step` neurons and the dense width."""
+    return sorted({0, min(1, width), width, *range(step, width, step)})
 
 
 def _cpu_model() -> str:
@@ -169,7 +172,7 @@ def table_key(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ...]) 
     widths_ok = len(set(FFN.widths(model))) == 1 and len(set(HEADS.widths(model))) == 1
     if not widths_ok or any(is_empty(b.mlp) or is_empty(b.attn) for b in model.blocks):
         raise ConfigError("a latency table is measured on the dense model (identical blocks); this one is pruned")
-    return {"version": 2, "architecture": type(model).__name__, "input_size": list(input_size),
+    return {"version": 3, "architecture": type(model).__name__, "input_size": list(input_size),
             "depth": len(model.blocks), "dim": a.qkv.in_features, "heads": a.num_heads, "head_dim": a.head_dim,
             "mlp": FFN.widths(model)[0], "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
             "classes": int(model.num_classes), **asdict(spec), "cpu": _cpu_model(), "cores": os.cpu_count(),

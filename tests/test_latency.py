@@ -53,7 +53,7 @@ def test_each_kind_is_calibrated_on_a_whole_model_probe_and_the_prediction_is_ex
     replaced by known times, so the arithmetic is checked, not the machine."""
     from prune import bench
 
-    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn32": 0.3, "ffn64": 0.5,
+    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn1": 0.25, "ffn32": 0.3, "ffn64": 0.5,
              "dense": 10.0, "probe_heads": 9.25, "probe_ffn": 9.8}
 
     def clock(runners, shape, batch_sizes, warmup=3, repeats=20):
@@ -82,7 +82,7 @@ def test_tables_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
     measure = lat.measure_table  # measured for real; a busy test machine must not stop it being cached here
     monkeypatch.setattr(lat, "measure_table", lambda *a, **k: dataclasses.replace(measure(*a, **k), noise={}))
     first = lat.latency_table(model, spec, (3, 16, 16), log=lambda m: None)
-    assert len(first.attn_ms) == 3 and first.ffn_widths == [0, 32, 64] and first.dense_ms > 0
+    assert len(first.attn_ms) == 3 and first.ffn_widths == [0, 1, 32, 64] and first.dense_ms > 0
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
     def measured_again(*a, **k):
         raise RuntimeError("measured again")
@@ -246,7 +246,7 @@ def test_a_plan_on_a_noisy_table_says_so():
 def test_the_whole_model_timings_and_an_unexplained_probe_make_a_table_noisy(monkeypatch):
     from prune import bench
 
-    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn32": 0.3, "ffn64": 0.5,
+    known = {"attn0": 0.1, "attn1": 0.5, "attn2": 0.6, "ffn0": 0.1, "ffn1": 0.25, "ffn32": 0.3, "ffn64": 0.5,
              "dense": 10.0, "probe_heads": 9.25, "probe_ffn": 5.0}  # FFN probe: 5 ms saved, its steps say 0.6
 
     def clock(runners, shape, batch_sizes, warmup=3, repeats=20):
@@ -275,3 +275,13 @@ def test_every_target_of_a_latency_sweep_plans_on_one_table_even_a_noisy_one(tmp
     dense = {json.loads(p.read_text())["latency_predicted"]["dense_ms"] for p in out.glob("targets/*/prune/prune.json")}
     warned = [json.loads(p.read_text())["latency_predicted"].get("warning") for p in out.glob("targets/*/prune/prune.json")]
     assert len(dense) == 1 and len(warned) == 2 and all("busy machine" in w for w in warned)
+
+
+def test_a_branch_with_any_neuron_left_pays_its_fixed_cost():
+    """Width 1 is on the grid, so a few neurons left are priced near the branch's launches and norm, not
+    interpolated towards the emptied branch (which plans at 1-2 neurons made look almost free)."""
+    assert lat.ffn_grid(768, 64)[:3] == [0, 1, 64] and lat.ffn_grid(64, 32) == [0, 1, 32, 64]
+    t = lat.LatencyTable(key={}, dense_ms=10.0, attn_ms=[0.1, 0.5, 0.6], ffn_widths=[0, 1, 32, 64],
+                         ffn_ms=[0.1, 0.25, 0.3, 0.5], depth=1)
+    assert t.ffn(0) == pytest.approx(0.1) and t.ffn(2) == pytest.approx(0.25 + 0.05 / 31)
+    assert t.predict({"ffn": [2]}) - t.predict({"ffn": [0]}) == pytest.approx(0.15 + 0.05 / 31)
