@@ -55,9 +55,7 @@ VARIANTS = {"oneshot": ["prune.mode=oneshot", "prune.reconstruct=none"],
             "blockwise+cls+head": ["prune.mode=oneshot", "prune.reconstruct=blockwise",
                                    "prune.reconstruct_prefix_share=0.5", "prune.reconstruct_head_images=1024"]}
 # the variants named without `+head` re-fit the blocks only, as they did when they were first measured
-for _name, _sets in VARIANTS.items():
-    if "+head" not in _name:
-        _sets.append("prune.reconstruct_head_images=0")
+BLOCKS_ONLY = "prune.reconstruct_head_images=0"
 
 
 def seconds(out: Path, stage: str) -> float | None:
@@ -94,7 +92,8 @@ def main(argv=None) -> None:
                 out = Path(args.runs) / f"macs{t}_{variant}{args.tag}"
                 modes = [("none", 0)] + [(d, args.recover_epochs) for d in args.distill.split(",") if args.recover_epochs]
                 for distill, epochs in modes:
-                    sets = [*base, f"prune.macs_ratio={t}", *VARIANTS[variant], f"finetune.epochs={epochs}",
+                    sets = [*base, f"prune.macs_ratio={t}", *VARIANTS[variant],
+                            *([] if "+head" in variant else [BLOCKS_ONLY]), f"finetune.epochs={epochs}",
                             f"finetune.train_images={args.recover_images}",
                             f"finetune.distill.features={distill == 'features'}", *args.sets]
                     s = run(out, sets)

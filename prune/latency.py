@@ -300,10 +300,10 @@ def latency_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ..
     path = cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
     if path.is_file():
         try:
-            data = json.loads(path.read_text())
-            if data.get("key") == key and not data.get("noise", {}).get("noisy"):
+            cached = LatencyTable(**json.loads(path.read_text()))
+            if cached.key == key and not cached.noisy:
                 log(f"[latency] reusing the table in {path}")
-                return LatencyTable(**data)
+                return cached
         except (OSError, ValueError, TypeError):
             pass  # a damaged (or noisy) cache entry is measured again
     for attempt in range(1, NOISY_ATTEMPTS + 1):
@@ -311,7 +311,7 @@ def latency_table(model: nn.Module, spec: LatencySpec, input_size: tuple[int, ..
         if not table.noisy:
             break
         if attempt < NOISY_ATTEMPTS:
-            log(f"[latency] busy machine ({'; '.join(table.noise.get('reasons', []))}); measuring again")
+            log(f"[latency] {table.noise_warning()}; measuring again")
     if table.noisy:
         if on_noise == "error":
             raise ConfigError(f"{table.noise_warning()}; stop other work and rerun, or set "

@@ -54,7 +54,6 @@ class RunContext:
         self._classes: list[int] | None = None
         self._dense = None  # (model, data config, spec) as loaded
         self._splits: dict[str, Split] = {}
-        self._latency = None
         self._root: RunContext | None = None  # a sweep target's: the run's context, which measures latency once
         self._tables: dict[str, object] = {}  # latency tables measured, by `prune.latency`
 
@@ -62,7 +61,7 @@ class RunContext:
         """The context of another target of a sweep: its own recipe, run directory view and summary; the
         loaded model, dataset splits and latency table (which no target changes) shared with this one."""
         ctx = RunContext(recipe, run_dir, progress=self.progress, log=self.log)
-        ctx._dense, ctx._splits, ctx._latency = self._loaded(), self._splits, self._latency
+        ctx._dense, ctx._splits = self._loaded(), self._splits
         ctx._root = self._root or self
         return ctx
 
@@ -83,9 +82,7 @@ class RunContext:
         run), when the recipe budgets latency; else None."""
         if self.r.prune.latency_ratio is None:
             return None
-        if self._latency is None:
-            self._latency = (self._root or self).measured_latency(self.r.prune.latency)
-        return self._latency
+        return (self._root or self).measured_latency(self.r.prune.latency)
 
     def measured_latency(self, lc):
         """The dense model's latency table where `lc` (a `prune.latency`) says, measured (or read from the disk
