@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -287,3 +288,35 @@ def test_train_cifar_vit_anneals_a_snapshot_from_the_learning_rate_it_had(tmp_pa
     assert model.blocks[0].mlp.fc1.out_features == 128
     with pytest.raises(SystemExit, match="needs --epochs"):
         train.main([*small, "--out", str(tmp_path / "x"), "--cool-from", str(src)])
+
+
+def test_train_cifar_vit_resumes_under_bf16_and_reports_float32_accuracy(tmp_path):
+    """A run resumed with `--precision bf16` continues from its checkpoint, records the epoch the precision
+    changed, and its config's test top-1 is the float32 accuracy of the weights it saved."""
+    from test_pipeline import _local_dataset
+
+    import torch
+    from torchvision import transforms
+
+    from prune.data import ImageDataset, collate, find_columns, load_split
+    from prune.finetune import evaluate
+    from prune.models import load_model
+
+    data = _local_dataset(tmp_path / "data", {"train": list(range(10)) * 4, "test": list(range(10)) * 3}, 32)
+    train = load("train_cifar_vit")
+    small = ["--data", str(data), "--recipe", "basic", "--depth", "1", "--width", "32", "--heads", "2"]
+    out = tmp_path / "model"
+    train.main([*small, "--out", str(out), "--epochs", "1"])
+    # a new process: accelerate's state is one per process, and this one's is float32
+    subprocess.run([sys.executable, str(BENCH / "train_cifar_vit.py"), *small, "--out", str(out), "--epochs", "2",
+                    "--precision", "bf16"], check=True, capture_output=True)
+    cfg = json.loads((out / "config.json").read_text())
+    assert [r["epoch"] for r in cfg["log"]] == [1, 2]
+    assert cfg["precisions"] == [{"from_epoch": 1, "precision": "fp32"}, {"from_epoch": 2, "precision": "bf16"}]
+    assert "--precision bf16" in cfg["command"]
+    model, _, _ = load_model(str(out))
+    test = load_split(str(data), "test")
+    img, lab = find_columns(test)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(train.CIFAR_MEAN, train.CIFAR_STD)])
+    loader = torch.utils.data.DataLoader(ImageDataset(test, tf, img, lab, "test"), batch_size=256, collate_fn=collate)
+    assert evaluate(model, loader)["top1"] == cfg["test_top1"]
