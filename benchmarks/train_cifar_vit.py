@@ -95,11 +95,6 @@ def main(argv=None) -> None:
                   mlp_ratio=4.0, num_classes=10, drop_path_rate=recipe["drop_path"])
     torch.manual_seed(args.seed)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
-    if args.precision == "bf16" and not torch.cuda.is_available():
-        # PyTorch's CPU flash-attention kernel is slow for 65 tokens: explicit attention (q k^T, softmax, v) made a
-        # bf16 training step 1.5x faster on 2 cores (0.52-0.58 s against 0.80-1.0 s a batch); float32 is level
-        for block in model.blocks:
-            block.attn.fused_attn = False
     cooled = None
     if args.cool_from:
         from safetensors.torch import load_file

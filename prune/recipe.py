@@ -217,6 +217,11 @@ class FinetuneCfg(_Section):
     distill: DistillCfg | None = None  # from the dense model
     seed: int = 0
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v  # YAML reads a bare `no` (as in --set finetune.mixed_precision=no) as false
+
 
 class ExportCfg(_Section):
     enabled: bool = True

@@ -119,6 +119,14 @@ def test_scoring_cost_quick(tmp_path):
     assert {"path_attribution_progressive", "taylor_progressive", "activation_taylor_oneshot"} <= set(res["seconds"])
 
 
+def test_train_step_speed_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    load("train_step_speed").main(["--quick", "--json", str(out)])
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"fp32 fused", "fp32 explicit", "bf16 fused", "bf16 explicit"}
+    assert rows["fp32 fused"]["speedup_vs_fp32_fused"] == 1.0 and all(r["step_s"] > 0 for r in rows.values())
+
+
 def test_specialize_sweep_quick(tmp_path):
     load("specialize_sweep").main(["--quick", "--configs", "path_frequency,magnitude_l1",
                                    "--finetune-configs", "magnitude_l1", "--out", str(tmp_path)])

@@ -85,3 +85,51 @@ def test_feature_distillation_pulls_every_block_towards_the_teacher():
           progress=False)
     assert gap(features) < 0.5 * gap(plain)
     assert all(not b._forward_hooks for b in features.blocks)  # the hooks are removed after training
+
+
+def test_explicit_attention_computes_the_same_and_restores_the_fused_form():
+    from prune.finetune import explicit_attention
+
+    model = tiny_vit(num_classes=2).eval()
+    x = torch.randn(3, 3, 16, 16)
+    fused = model(x)
+    with pytest.raises(RuntimeError):
+        with explicit_attention(model):
+            assert not any(b.attn.fused_attn for b in model.blocks)
+            torch.testing.assert_close(model(x), fused, rtol=1e-5, atol=1e-5)
+            raise RuntimeError("restored even when training fails")
+    assert all(b.attn.fused_attn for b in model.blocks)
+    with explicit_attention(model, None, when=False):
+        assert all(b.attn.fused_attn for b in model.blocks)
+
+
+BF16_ON_CPU = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from conftest import tiny_vit
+from test_finetune import Toy
+from prune.finetune import TrainConfig, train
+calls = []
+sdpa = torch.nn.functional.scaled_dot_product_attention
+torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+model = tiny_vit(num_classes=2)
+hist = train(model, Toy(64), None, TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5,
+             mixed_precision="bf16"), progress=False)
+assert not calls, "bf16 training on the CPU went through the fused attention kernel"
+assert all(b.attn.fused_attn for b in model.blocks), "the fused form was not restored"
+assert all(h["train_loss"] == h["train_loss"] for h in hist)
+print("ok")
+"""
+
+
+def test_bf16_training_on_the_cpu_uses_explicit_attention():
+    """(A new process: accelerate keeps one precision per process.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("the explicit form is for CPU runs")
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, "-c", BF16_ON_CPU, str(here)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
