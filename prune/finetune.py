@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
     grad_accum: int = 1
-    mixed_precision: str = "no"  # "bf16" (GPUs, and CPUs with AVX512-BF16/AMX) or "fp16" (GPUs)
+    mixed_precision: str = "no"  # "bf16" (GPUs, CPUs with AVX512-BF16/AMX), "fp16" (GPUs), "auto" (bf16 where native)
     num_workers: int = 0
     seed: int = 0
     distill_alpha: float = 0.0  # weight of the distillation loss (needs a teacher)
@@ -166,9 +166,22 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
     training never hands back a model worse on the held-out slice than the one it was given.
     """
     cfg = cfg or TrainConfig()
+    cfg = replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision))
     with explicit_attention(model, teacher, when=cfg.mixed_precision == "bf16" and not torch.cuda.is_available()):
         return _train(model, train_set, eval_set, cfg, teacher=teacher, checkpoint_dir=checkpoint_dir,
                       progress=progress, on_epoch_end=on_epoch_end, keep_best=keep_best)
+
+
+def resolve_precision(name: str) -> str:
+    """`auto`: bf16 where the hardware computes it natively (a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX), else float32 (`no`); other names are returned as given."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "no"
 
 
 @contextmanager
@@ -190,6 +203,17 @@ def explicit_attention(*models, when: bool = True):
             m.fused_attn = b
 
 
+def _one_precision_per_state(mixed_precision: str) -> None:
+    """accelerate keeps one mixed precision per process and refuses another; a later training in the same
+    process (a sweep, a specialisation after a run, a test suite) may ask for one: its state is started
+    afresh, keeping the process group (PartialState)."""
+    from accelerate.state import AcceleratorState
+
+    held = AcceleratorState._shared_state.get("_mixed_precision")
+    if held is not None and held != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def _train(model, train_set, eval_set, cfg: TrainConfig, *, teacher, checkpoint_dir, progress, on_epoch_end,
            keep_best) -> list[dict]:
     from accelerate import Accelerator
@@ -201,6 +225,7 @@ def _train(model, train_set, eval_set, cfg: TrainConfig, *, teacher, checkpoint_
 
     from .errors import ConfigError
 
+    _one_precision_per_state(cfg.mixed_precision)
     # split_batches: `batch_size` is the global batch, cut into one slice per process, so several processes
     # take the same optimisation steps on the same images as one process would
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,

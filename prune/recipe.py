@@ -211,7 +211,7 @@ class FinetuneCfg(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
     grad_accum: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware has it
     train_images: int | None = Field(None, ge=1)  # None: the whole train split (less the held-out slice)
     holdout: float = Field(0.05, ge=0, lt=0.5)  # share of the train split held out to pick the best weights (0: last)
     distill: DistillCfg | None = None  # from the dense model

@@ -103,33 +103,31 @@ def test_explicit_attention_computes_the_same_and_restores_the_fused_form():
         assert all(b.attn.fused_attn for b in model.blocks)
 
 
-BF16_ON_CPU = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-from conftest import tiny_vit
-from test_finetune import Toy
-from prune.finetune import TrainConfig, train
-calls = []
-sdpa = torch.nn.functional.scaled_dot_product_attention
-torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: calls.append(1) or sdpa(*a, **k)
-model = tiny_vit(num_classes=2)
-hist = train(model, Toy(64), None, TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5,
-             mixed_precision="bf16"), progress=False)
-assert not calls, "bf16 training on the CPU went through the fused attention kernel"
-assert all(b.attn.fused_attn for b in model.blocks), "the fused form was not restored"
-assert all(h["train_loss"] == h["train_loss"] for h in hist)
-print("ok")
-"""
-
-
-def test_bf16_training_on_the_cpu_uses_explicit_attention():
-    """(A new process: accelerate keeps one precision per process.)"""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_bf16_training_on_the_cpu_uses_explicit_attention_after_a_float32_one(monkeypatch):
+    """Also: one process may train in float32 and then in bf16 (accelerate keeps one precision per state)."""
     if torch.cuda.is_available():
         pytest.skip("the explicit form is for CPU runs")
-    here = Path(__file__).parent
-    out = subprocess.run([sys.executable, "-c", BF16_ON_CPU, str(here)], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    train(tiny_vit(num_classes=2), Toy(16), None, TrainConfig(epochs=1, batch_size=16), progress=False)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    model = tiny_vit(num_classes=2)
+    hist = train(model, Toy(64), None, TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5,
+                                                   mixed_precision="bf16"), progress=False)
+    assert not calls, "bf16 training on the CPU went through the fused attention kernel"
+    assert all(b.attn.fused_attn for b in model.blocks), "the fused form was not restored"
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
+    model(torch.randn(2, 3, 16, 16))
+    assert calls, "after training the model is back on the fused kernel"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from prune.finetune import resolve_precision
+
+    assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "no")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto") == expected
