@@ -4,6 +4,11 @@ Every method removes a share of the dense model's MACs (`--targets`, counted by 
   ffn    prune's FFN-only global budget (activation_taylor scores, per-block cap 0.9: today's default)
   heads  attention heads only (activation_taylor scores, cap 1.0)
   both   heads and FFN neurons in one budget ranked by score per MAC (cap 1.0: a block may become a skip)
+  recipe_cut  heads and FFN neurons in one budget with the shipped CIFAR recipe's per-block caps
+         (`prune.max_layer_ratio` of cifar10_vit_tiny_50pct.yaml: every block keeps two thirds of its heads)
+  recipe the same cut, then the recipe's re-fits: every branch's output layer by least squares to the dense
+         stream (`prune.reconstruct_images` images, CLS share `reconstruct_prefix_share`), then the classifier
+         to the dense logits (`reconstruct_head_images`): prune's one-shot as shipped
   tp     Torch-Pruning's own ViT recipe: MetaPruner with GroupTaylorImportance (cross-entropy gradients of
          the same calibration images), global_pruning=True, isomorphic=True, prune_num_heads=True,
          prune_head_dims=False, head_pruning_ratio = pruning_ratio, classifier ignored; its pruning_ratio is
@@ -37,7 +42,7 @@ import torch
 
 from common import read_csv, split_images, top1, write_csv
 
-METHODS = ("ffn", "heads", "both", "tp")
+METHODS = ("ffn", "heads", "both", "recipe_cut", "recipe", "tp")
 
 
 def main(argv=None) -> None:
@@ -86,6 +91,9 @@ class Bench:
         self.methods = args.methods.split(",")
         self.seeds = [int(s) for s in args.seeds.split(",")]
         self._data = {}
+        from prune.recipe import load_recipe
+
+        self.shipped = load_recipe("cifar10_vit_tiny_50pct.yaml").prune  # the caps and re-fits of recipe(_cut)
 
     # ------------------------------------------------------------------------------------- data
     def images(self, split: str, n: int | None, seed: int, exclude=()):
@@ -119,7 +127,7 @@ class Bench:
         graded.zero_grad()
         for x, y in self.calibration(seed):  # Torch-Pruning's example: mean cross-entropy per batch, summed grads
             torch.nn.functional.cross_entropy(graded(x), y).backward()
-        return {"tables": tables, "graded": graded, "scoring_seconds": scoring}
+        return {"tables": tables, "graded": graded, "scoring_seconds": scoring, "seed": seed}
 
     def prune(self, method: str, target: float, prep: dict):
         """(pruned model, kept dict or None) for one method at one MACs target; None if unreachable."""
@@ -131,8 +139,8 @@ class Bench:
 
         if method == "tp":
             return self.tp_prune(target, prep["graded"]), None
-        units = {"ffn": [FFN], "heads": [HEADS], "both": [FFN, HEADS]}[method]
-        cap = 0.9 if method == "ffn" else 1.0
+        units = [FFN] if method == "ffn" else [HEADS] if method == "heads" else [FFN, HEADS]
+        cap = {"ffn": 0.9, "heads": 1.0, "both": 1.0}.get(method, self.shipped.max_layer_ratio)
         settings = PruneCfg(scope="global", macs_ratio=target, max_layer_ratio=cap)
         model = copy.deepcopy(self.dense)
         try:
@@ -141,7 +149,21 @@ class Bench:
             return None, None
         kept = {u.kind: prune_units(model, u, prep["tables"][u.kind], settings, self.example, keep=keep[u.kind])
                 for u in units}
+        if method == "recipe":
+            self.refit(model, prep["seed"])
         return model, kept
+
+    def refit(self, model, seed: int) -> None:
+        """The shipped recipe's re-fits, in place: branches to the dense stream, then the classifier to the logits."""
+        from prune.reconstruct import prefix_weight_for, refit, refit_head
+
+        p = self.shipped
+        x, _ = self.images(self.args.train_split, p.reconstruct_images, seed + 1)
+        refit(model, self.dense, [(x[s:s + 64],) for s in range(0, len(x), 64)], ridge=p.reconstruct_ridge,
+              prefix_weight=prefix_weight_for(model, p.reconstruct_prefix_share))
+        if p.reconstruct_head_images:
+            x, _ = self.images(self.args.train_split, p.reconstruct_head_images, seed + 2)
+            refit_head(model, self.dense, [(x[s:s + 64],) for s in range(0, len(x), 64)], ridge=p.reconstruct_ridge)
 
     def tp_prune(self, target: float, graded):
         """Torch-Pruning's ViT recipe, its ratio bisected to remove at least `target` of the MACs."""

@@ -211,10 +211,19 @@ def test_heads_budget_quick(tmp_path):
     out = tmp_path / "hb"
     load("heads_budget").main(["--quick", "--out", str(out)])
     rows = {r["method"]: r for r in csv.DictReader(open(out / "oneshot.csv"))}
-    assert set(rows) == {"ffn", "heads", "both", "tp"}
+    assert set(rows) == {"ffn", "heads", "both", "recipe_cut", "recipe", "tp"}
     assert rows["heads"]["note"] == "unreachable under the caps"  # heads alone hold less than half the MACs
-    for m in ("ffn", "both", "tp"):
+    for m in ("ffn", "both", "recipe_cut", "recipe", "tp"):
         assert 0.5 <= float(rows[m]["macs_removed"]) < 0.56 and 0 < float(rows[m]["top1"]) <= 1
+    # the shipped caps keep two thirds of every block's heads; the re-fits change weights, not the structure
+    heads = [int(h) for h in rows["recipe_cut"]["heads"].split()]
+    assert all(h >= 2 for h in heads) and rows["recipe"]["heads"] == rows["recipe_cut"]["heads"]
+    import torch
+    from safetensors.torch import load_file
+
+    cut, refit = (load_file(out / "models" / f"{m}_0.5" / "model.safetensors") for m in ("recipe_cut", "recipe"))
+    assert torch.equal(cut["blocks.0.mlp.fc1.weight"], refit["blocks.0.mlp.fc1.weight"])  # the cut is the same
+    assert not torch.equal(cut["head.weight"], refit["head.weight"])  # and the classifier was re-fitted
     lat = {(r["artifact"], r["batch"]) for r in csv.DictReader(open(out / "latency.csv"))}
     assert {("dense", "1"), ("both_0.5", "32"), ("tp_0.5", "1")} <= lat
     rec = list(csv.DictReader(open(out / "recover.csv")))
