@@ -8,7 +8,7 @@ Every method removes a share of the dense model's MACs (`--targets`, counted by 
          (`prune.max_layer_ratio` of cifar10_vit_tiny_50pct.yaml: every block keeps two thirds of its heads)
   recipe the same cut, then the recipe's re-fits: every branch's output layer by least squares to the dense
          stream (`prune.reconstruct_images` images, CLS share `reconstruct_prefix_share`), then the classifier
-         to the dense logits (`reconstruct_head_images`): prune's one-shot as shipped
+         to the dense logits (`reconstruct_head_images`): the recipe's one-shot steps on this script's scores
   tp     Torch-Pruning's own ViT recipe: MetaPruner with GroupTaylorImportance (cross-entropy gradients of
          the same calibration images), global_pruning=True, isomorphic=True, prune_num_heads=True,
          prune_head_dims=False, head_pruning_ratio = pruning_ratio, classifier ignored; its pruning_ratio is
@@ -94,6 +94,9 @@ class Bench:
         from prune.recipe import load_recipe
 
         self.shipped = load_recipe("cifar10_vit_tiny_50pct.yaml").prune  # the caps and re-fits of recipe(_cut)
+        if self.shipped.reconstruct != "lstsq" or self.shipped.scope != "global" or self.shipped.units != ["ffn", "heads"]:
+            raise SystemExit("heads_budget's recipe methods assume the shipped CIFAR recipe's global ffn+heads cut "
+                             "and lstsq re-fit; update Bench.refit")
 
     # ------------------------------------------------------------------------------------- data
     def images(self, split: str, n: int | None, seed: int, exclude=()):
@@ -140,8 +143,10 @@ class Bench:
         if method == "tp":
             return self.tp_prune(target, prep["graded"]), None
         units = [FFN] if method == "ffn" else [HEADS] if method == "heads" else [FFN, HEADS]
-        cap = {"ffn": 0.9, "heads": 1.0, "both": 1.0}.get(method, self.shipped.max_layer_ratio)
-        settings = PruneCfg(scope="global", macs_ratio=target, max_layer_ratio=cap)
+        if method.startswith("recipe"):  # every prune setting of the shipped recipe, at this target
+            settings = self.shipped.model_copy(update={"macs_ratio": target})
+        else:
+            settings = PruneCfg(scope="global", macs_ratio=target, max_layer_ratio=0.9 if method == "ffn" else 1.0)
         model = copy.deepcopy(self.dense)
         try:
             keep = plan_keep(model, units, prep["tables"], settings, self.example)

@@ -73,7 +73,9 @@ def main(argv=None) -> None:
               f"{r['speedup_vs_fp32_fused']:.2f}x float32 fused")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "cpu_avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: None)(),
+                       "cpu_amx": getattr(torch.cpu, "_is_amx_tile_supported", lambda: None)(), "batch_size": args.batch_size,
                        "depth": args.depth, "width": args.width, "rows": rows}, f, indent=1)
 
 

@@ -43,6 +43,9 @@ class TrainConfig:
     distill_features: float = 0.0  # weight of the per-block hidden-state loss to the teacher (0: logits only)
 
 
+PRECISION_NAMES = {"no": "fp32"}  # accelerate's name for float32 training -> the one history rows and metrics use
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int):
     """LR multiplier: linear warm-up, then cosine decay to zero."""
     def f(step: int) -> float:
@@ -167,9 +170,30 @@ def train(model, train_set, eval_set=None, cfg: TrainConfig | None = None, *, te
     """
     cfg = cfg or TrainConfig()
     cfg = replace(cfg, mixed_precision=resolve_precision(cfg.mixed_precision))
-    with explicit_attention(model, teacher, when=cfg.mixed_precision == "bf16" and not torch.cuda.is_available()):
-        return _train(model, train_set, eval_set, cfg, teacher=teacher, checkpoint_dir=checkpoint_dir,
-                      progress=progress, on_epoch_end=on_epoch_end, keep_best=keep_best)
+    try:
+        with explicit_attention(model, teacher, when=cfg.mixed_precision == "bf16" and not torch.cuda.is_available()):
+            return _train(model, train_set, eval_set, cfg, teacher=teacher, checkpoint_dir=checkpoint_dir,
+                          progress=progress, on_epoch_end=on_epoch_end, keep_best=keep_best)
+    finally:
+        _unprepare(model, teacher)
+
+
+def _unprepare(*modules) -> None:
+    """Undo what accelerate's `prepare` leaves on a module: its autocast forward wrapper and its "prepared" flag
+    (with which a later `prepare` returns the module untouched). Without this a model trained in bf16 would go on
+    running under bf16 autocast, and a later training of it (or of the same teacher) in another precision would
+    silently keep the first one."""
+    for m in modules:
+        if m is None:
+            continue
+        d = m.__dict__
+        original = d.pop("_original_forward", None)
+        if original is not None:
+            if getattr(original, "__func__", None) is type(m).forward:
+                d.pop("forward", None)  # the class's own forward again
+            else:
+                d["forward"] = original
+        d.pop("_is_accelerate_prepared", None)
 
 
 def resolve_precision(name: str) -> str:
@@ -178,7 +202,7 @@ def resolve_precision(name: str) -> str:
     if name != "auto":
         return name
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16" if native else "no"
@@ -203,15 +227,24 @@ def explicit_attention(*models, when: bool = True):
             m.fused_attn = b
 
 
-def _one_precision_per_state(mixed_precision: str) -> None:
+def _restart_accelerator_state_for(mixed_precision: str) -> None:
     """accelerate keeps one mixed precision per process and refuses another; a later training in the same
     process (a sweep, a specialisation after a run, a test suite) may ask for one: its state is started
-    afresh, keeping the process group (PartialState)."""
+    afresh, keeping the process group (PartialState). Only for plain and DDP runs: FSDP, DeepSpeed and
+    Megatron keep plugin state that a restart would lose, so there the precision must stay what it was."""
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    from .errors import ConfigError
 
     held = AcceleratorState._shared_state.get("_mixed_precision")
-    if held is not None and held != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
+    if held is None or held == mixed_precision:
+        return
+    kind = AcceleratorState._shared_state.get("distributed_type")
+    if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise ConfigError(f"this process already trained with mixed precision {held!r} under {kind}; "
+                          f"finetune.mixed_precision {mixed_precision!r} needs a new process")
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _train(model, train_set, eval_set, cfg: TrainConfig, *, teacher, checkpoint_dir, progress, on_epoch_end,
@@ -225,7 +258,7 @@ def _train(model, train_set, eval_set, cfg: TrainConfig, *, teacher, checkpoint_
 
     from .errors import ConfigError
 
-    _one_precision_per_state(cfg.mixed_precision)
+    _restart_accelerator_state_for(cfg.mixed_precision)
     # split_batches: `batch_size` is the global batch, cut into one slice per process, so several processes
     # take the same optimisation steps on the same images as one process would
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
@@ -324,7 +357,8 @@ def _train(model, train_set, eval_set, cfg: TrainConfig, *, teacher, checkpoint_
                             img_s=f"{rate * cfg.batch_size:.0f}")
         loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
                                                          device=accelerator.device), "sum").tolist()
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "lr": sched.get_last_lr()[0]}
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "lr": sched.get_last_lr()[0],
+               "precision": PRECISION_NAMES.get(cfg.mixed_precision, cfg.mixed_precision)}
         if eval_loader is not None:
             row.update({f"eval_{k}": v for k, v in evaluate(model, eval_loader, accelerator).items()})
         history.append(row)

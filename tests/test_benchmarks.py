@@ -3,7 +3,6 @@
 import csv
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -124,7 +123,8 @@ def test_train_step_speed_quick(tmp_path):
     load("train_step_speed").main(["--quick", "--json", str(out)])
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"fp32 fused", "fp32 explicit", "bf16 fused", "bf16 explicit"}
-    assert rows["fp32 fused"]["speedup_vs_fp32_fused"] == 1.0 and all(r["step_s"] > 0 for r in rows.values())
+    base = rows["fp32 fused"]["step_s"]
+    assert all(r["step_s"] > 0 and abs(r["speedup_vs_fp32_fused"] - base / r["step_s"]) < 1e-9 for r in rows.values())
 
 
 def test_specialize_sweep_quick(tmp_path):
@@ -215,9 +215,14 @@ def test_heads_budget_quick(tmp_path):
     assert rows["heads"]["note"] == "unreachable under the caps"  # heads alone hold less than half the MACs
     for m in ("ffn", "both", "recipe_cut", "recipe", "tp"):
         assert 0.5 <= float(rows[m]["macs_removed"]) < 0.56 and 0 < float(rows[m]["top1"]) <= 1
-    # the shipped caps keep two thirds of every block's heads; the re-fits change weights, not the structure
+    # the shipped cap removes at most a third of every block's heads; the re-fits change weights, not the structure
+    from prune.recipe import load_recipe
+
+    cap = load_recipe("cifar10_vit_tiny_50pct.yaml").prune.max_layer_ratio["heads"]
+    dense_heads = 4  # the digits model's
     heads = [int(h) for h in rows["recipe_cut"]["heads"].split()]
-    assert all(h >= 2 for h in heads) and rows["recipe"]["heads"] == rows["recipe_cut"]["heads"]
+    assert all(h >= dense_heads - int(cap * dense_heads) for h in heads) and min(heads) < dense_heads
+    assert rows["recipe"]["heads"] == rows["recipe_cut"]["heads"]
     import torch
     from safetensors.torch import load_file
 
@@ -307,33 +312,37 @@ def test_train_cifar_vit_anneals_a_snapshot_from_the_learning_rate_it_had(tmp_pa
         train.main([*small, "--out", str(tmp_path / "x"), "--cool-from", str(src)])
 
 
-def test_train_cifar_vit_resumes_under_bf16_and_reports_float32_accuracy(tmp_path):
-    """A run resumed with `--precision bf16` continues from its checkpoint, records the epoch the precision
-    changed, and its config's test top-1 is the float32 accuracy of the weights it saved."""
+def test_train_cifar_vit_resumes_under_bf16_and_reports_float32_accuracy(tmp_path, monkeypatch):
+    """A run resumed with `--precision bf16` continues from its checkpoint and trains under bf16, every log row
+    says which precision trained it, and the test top-1 is measured in float32 (no bf16 inside evaluation)."""
+    import torch
     from test_pipeline import _local_dataset
 
-    import torch
-    from torchvision import transforms
+    import prune.finetune
 
-    from prune.data import ImageDataset, collate, find_columns, load_split
-    from prune.finetune import evaluate
-    from prune.models import load_model
+    seen = {"train": [], "evaluate": []}
 
+    def watched(name, f):
+        def run(model, *a, **k):  # the dtype of the first block's fc1 output in every forward of the call
+            h = model.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen[name].append(o.dtype))
+            try:
+                return f(model, *a, **k)
+            finally:
+                h.remove()
+        return run
+
+    monkeypatch.setattr(prune.finetune, "train", watched("train", prune.finetune.train))
+    monkeypatch.setattr(prune.finetune, "evaluate", watched("evaluate", prune.finetune.evaluate))
     data = _local_dataset(tmp_path / "data", {"train": list(range(10)) * 4, "test": list(range(10)) * 3}, 32)
     train = load("train_cifar_vit")
     small = ["--data", str(data), "--recipe", "basic", "--depth", "1", "--width", "32", "--heads", "2"]
     out = tmp_path / "model"
     train.main([*small, "--out", str(out), "--epochs", "1"])
-    # a new process: accelerate's state is one per process, and this one's is float32
-    subprocess.run([sys.executable, str(BENCH / "train_cifar_vit.py"), *small, "--out", str(out), "--epochs", "2",
-                    "--precision", "bf16"], check=True, capture_output=True)
+    assert set(seen["train"]) == {torch.float32}
+    seen["train"].clear()
+    train.main([*small, "--out", str(out), "--epochs", "2", "--precision", "bf16"])
+    assert set(seen["train"]) == {torch.bfloat16}  # one epoch, resumed from the float32 one's checkpoint
+    assert seen["evaluate"] and set(seen["evaluate"]) == {torch.float32}
     cfg = json.loads((out / "config.json").read_text())
-    assert [r["epoch"] for r in cfg["log"]] == [1, 2]
-    assert cfg["precisions"] == [{"from_epoch": 1, "precision": "fp32"}, {"from_epoch": 2, "precision": "bf16"}]
+    assert [(r["epoch"], r["precision"]) for r in cfg["log"]] == [(1, "fp32"), (2, "bf16")]
     assert "--precision bf16" in cfg["command"]
-    model, _, _ = load_model(str(out))
-    test = load_split(str(data), "test")
-    img, lab = find_columns(test)
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(train.CIFAR_MEAN, train.CIFAR_STD)])
-    loader = torch.utils.data.DataLoader(ImageDataset(test, tf, img, lab, "test"), batch_size=256, collate_fn=collate)
-    assert evaluate(model, loader)["top1"] == cfg["test_top1"]

@@ -103,23 +103,32 @@ def test_explicit_attention_computes_the_same_and_restores_the_fused_form():
         assert all(b.attn.fused_attn for b in model.blocks)
 
 
-def test_bf16_training_on_the_cpu_uses_explicit_attention_after_a_float32_one(monkeypatch):
-    """Also: one process may train in float32 and then in bf16 (accelerate keeps one precision per state)."""
+def test_one_model_and_teacher_train_in_float32_bf16_float32_each_as_asked(monkeypatch):
+    """accelerate keeps one precision per process and leaves its autocast wrapper on a prepared module; every
+    training here runs in the precision it asks for, bf16 on the CPU uses explicit attention (student and
+    teacher), and after training the modules are plain float32 modules on the fused kernel again."""
     if torch.cuda.is_available():
         pytest.skip("the explicit form is for CPU runs")
-    train(tiny_vit(num_classes=2), Toy(16), None, TrainConfig(epochs=1, batch_size=16), progress=False)
+    model, teacher = tiny_vit(num_classes=2), tiny_vit(num_classes=2)
+    dtypes = {"model": [], "teacher": []}
+    for name, m in (("model", model), ("teacher", teacher)):
+        m.blocks[0].mlp.fc1.register_forward_hook(lambda mod, i, o, name=name: dtypes[name].append(o.dtype))
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    model = tiny_vit(num_classes=2)
-    hist = train(model, Toy(64), None, TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5,
-                                                   mixed_precision="bf16"), progress=False)
-    assert not calls, "bf16 training on the CPU went through the fused attention kernel"
-    assert all(b.attn.fused_attn for b in model.blocks), "the fused form was not restored"
-    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
-    model(torch.randn(2, 3, 16, 16))
-    assert calls, "after training the model is back on the fused kernel"
+    for precision, expected, fused_calls in (("no", torch.float32, True), ("bf16", torch.bfloat16, False),
+                                             ("no", torch.float32, True)):
+        dtypes["model"].clear(), dtypes["teacher"].clear(), calls.clear()
+        hist = train(model, Toy(32), None, TrainConfig(epochs=1, batch_size=16, mixed_precision=precision,
+                                                       distill_alpha=0.5), teacher=teacher, progress=False)
+        assert set(dtypes["model"]) == {expected} and set(dtypes["teacher"]) == {expected}, precision
+        assert bool(calls) == fused_calls, precision
+        assert hist[-1]["precision"] == {"no": "fp32"}.get(precision, precision)
+        assert all(b.attn.fused_attn for m in (model, teacher) for b in m.blocks)
+        dtypes["model"].clear(), calls.clear()
+        model(torch.randn(2, 3, 16, 16))  # after training: float32, fused kernel
+        assert set(dtypes["model"]) == {torch.float32} and calls
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
@@ -131,3 +140,14 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert resolve_precision("auto") == expected
+
+
+def test_recipe_mixed_precision_reads_a_bare_yaml_no_and_auto():
+    from prune.errors import ConfigError
+    from prune.recipe import load_recipe
+
+    assert load_recipe("quickstart.yaml", ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
+    assert load_recipe("quickstart.yaml", ["finetune.mixed_precision=auto"]).finetune.mixed_precision == "auto"
+    assert load_recipe("cifar10_vit_tiny_50pct.yaml").finetune.mixed_precision == "auto"
+    with pytest.raises(ConfigError, match="finetune.mixed_precision"):
+        load_recipe("quickstart.yaml", ["finetune.mixed_precision=yes"])  # YAML true: not a precision

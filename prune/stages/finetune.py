@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import dist
 from ..artifacts import input_artifact, input_stage
 from ..checkpoint import ModelSpec, load_pruned, save_pruned, structure_kept, write_model_card
-from ..finetune import TrainConfig, recovery_summary, resolve_precision, train
+from ..finetune import TrainConfig, recovery_summary, train
 from ..io import write_json
 from .context import RunContext
 
@@ -62,7 +62,7 @@ def build(ctx: RunContext, out: Path) -> dict:
     saved, _ = load_pruned(out)  # measure what was saved, in float32, outside any autocast wrapper
     acc = ctx.accuracy(saved, data_cfg, "finetuned")
     info = {"finetuned": acc, "epochs": f.epochs, "train_images": len(train_loader.dataset),
-            "precision": resolve_precision(f.mixed_precision),
+            "precision": next((h["precision"] for h in reversed(history) if "precision" in h), None),
             "distill": f.distill.model_dump() if f.distill else None,
             "recovery": recovery_summary(history) if holdout is not None else None}
     if info["recovery"]:
