@@ -213,9 +213,9 @@ def explicit_attention(*models, when: bool = True):
     """timm attention in its explicit form (q k^T, softmax, v) while inside, as it was after.
 
     PyTorch's CPU flash-attention kernel is slow on short sequences under bf16 autocast: on a 65-token
-    ViT a training step ran 1.54x faster with the explicit form (0.59 s against 0.90 s for a batch of 128 on
-    2 cores; in float32 the explicit form was 0.85x), so CPU bf16 training uses it
-    (`benchmarks/train_step_speed.py`)."""
+    ViT a training step ran 1.55x faster with the explicit form (0.53 s against 0.83 s for a batch of 128 on
+    2 cores with AVX512-BF16; 2.0x float32's 1.07 s; in float32 the explicit form was 0.95x), so CPU bf16
+    training uses it (`benchmarks/train_step_speed.py`, `results/train_step_speed_vit_d6.json`)."""
     mods = [m for model in models if model is not None and when for m in model.modules() if hasattr(m, "fused_attn")]
     before = [m.fused_attn for m in mods]
     for m in mods:
