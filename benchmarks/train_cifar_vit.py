@@ -10,8 +10,10 @@ of crop and flip, label smoothing 0.1, drop-path 0.1, AdamW (lr 1e-3, weight dec
         --depth 6 --out benchmarks/models/vit_d6s_cifar10
 
 4x4 patches on 32x32 images, width 192, 3 heads, 768 FFN neurons per block. About 5-8 minutes per
-epoch for 6 blocks on 2 cores in float32; `--precision bf16` (bfloat16 autocast, float32 weights and
-AdamW state; explicit attention on the CPU) takes about 4.5 minutes on 2 cores with AVX512-BF16.
+epoch for 6 blocks on 2 cores in float32, depending on the machine; `--precision bf16` (bfloat16
+autocast, float32 weights and AdamW state; explicit attention on the CPU) made a training step 2.0x
+faster on a 2-core AVX512-BF16 machine (`benchmarks/train_step_speed.py`), where an epoch took 5.3
+minutes, test evaluation included.
 
 Resumable at any moment and for as long as it takes: every epoch ends with a checkpoint
 (`OUT/checkpoint/last`: weights and optimizer tensors as safetensors, hyper-parameters, schedule
@@ -68,8 +70,8 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="total epochs of the schedule (recipe default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: train under bfloat16 autocast (float32 weights and optimizer; 1.45x faster an epoch "
-                   "on 2 cores with AVX512-BF16); test top-1 is always measured in float32. A resumed run may "
+                   help="bf16: train under bfloat16 autocast (float32 weights and optimizer; a step 2.0x faster "
+                   "on 2 cores with AVX512-BF16, emulated and slow without it); test top-1 is always measured in float32. A resumed run may "
                    "switch; every row of config.json's log says which precision trained that epoch")
     p.add_argument("--cool-from", default=None, help="anneal this model directory's weights to lr 0 over --epochs "
                    "epochs (from the learning rate its schedule had) instead of training from scratch")
