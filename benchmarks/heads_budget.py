@@ -62,6 +62,8 @@ def main(argv=None) -> None:
     ap.add_argument("--recover-epochs", type=int, default=1)
     ap.add_argument("--recover-lrs", default="5e-4", help="comma-separated learning rates of the recovery")
     ap.add_argument("--recover-methods", default=None, help="methods to recover (default: --methods)")
+    ap.add_argument("--recover-precision", default="no", choices=["no", "bf16", "auto"],
+                    help="the recovery's mixed precision (auto: bf16 where the hardware has it; RESULTS.md section 15)")
     ap.add_argument("--holdout", type=int, default=2500, help="held-out training images that pick the best weights")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)
@@ -293,7 +295,8 @@ class Bench:
                 continue
             oneshot = self.top1(model)
             cfg = TrainConfig(epochs=a.recover_epochs, batch_size=128, lr=float(lr), weight_decay=0.05,
-                              warmup_epochs=0.1, seed=0, distill_alpha=0.5, distill_temperature=2.0)
+                              warmup_epochs=0.1, seed=0, distill_alpha=0.5, distill_temperature=2.0,
+                              mixed_precision=a.recover_precision)
             t = time.perf_counter()
             history = train(model, Rows(train_x, train_y), Rows(held_x, held_y), cfg, teacher=self.dense,
                             progress=False, keep_best=True)
@@ -302,6 +305,7 @@ class Bench:
                    "recovered_top1": self.top1(model.cpu()), "holdout_oneshot": rec["oneshot"],
                    "holdout_best": rec["best"], "holdout_last": rec["last"], "best_epoch": rec["best_epoch"],
                    "train_images": len(train_y), "epochs": a.recover_epochs, "lr": float(lr),
+                   "precision": history[-1].get("precision", ""),
                    "seconds": time.perf_counter() - t}
             rows.append(row)
             write_csv(path, rows)

@@ -209,7 +209,7 @@ def test_summarize_variants_table_one_column_per_ratio(tmp_path, capsys):
 def test_heads_budget_quick(tmp_path):
     """Every method at one MACs target: reached (or marked unreachable), exported, timed, recovered, plotted."""
     out = tmp_path / "hb"
-    load("heads_budget").main(["--quick", "--out", str(out)])
+    load("heads_budget").main(["--quick", "--out", str(out), "--recover-precision", "bf16"])
     rows = {r["method"]: r for r in csv.DictReader(open(out / "oneshot.csv"))}
     assert set(rows) == {"ffn", "heads", "both", "recipe_cut", "recipe", "tp"}
     assert rows["heads"]["note"] == "unreachable under the caps"  # heads alone hold less than half the MACs
@@ -232,7 +232,7 @@ def test_heads_budget_quick(tmp_path):
     lat = {(r["artifact"], r["batch"]) for r in csv.DictReader(open(out / "latency.csv"))}
     assert {("dense", "1"), ("both_0.5", "32"), ("tp_0.5", "1")} <= lat
     rec = list(csv.DictReader(open(out / "recover.csv")))
-    assert {r["method"] for r in rec} == {"both", "tp"}
+    assert {r["method"] for r in rec} == {"both", "tp"} and {r["precision"] for r in rec} == {"bf16"}
     assert all(float(r["holdout_best"]) >= float(r["holdout_oneshot"]) for r in rec)  # never worse than one-shot
     assert (out / "pareto.png").is_file()
 
