@@ -346,3 +346,14 @@ def test_train_cifar_vit_resumes_under_bf16_and_reports_float32_accuracy(tmp_pat
     cfg = json.loads((out / "config.json").read_text())
     assert [(r["epoch"], r["precision"]) for r in cfg["log"]] == [(1, "fp32"), (2, "bf16")]
     assert "--precision bf16" in cfg["command"]
+
+
+def test_device_check_smoke_runs_every_step(tmp_path):
+    """The prepared GPU script, on the CPU with a tiny model: every step runs and reports (none records an error)."""
+    load("device_check").main(["--smoke", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert set(report) == {"smoke", "env", "discovery", "train_step", "recipe"}
+    assert not [s for s, r in report.items() if isinstance(r, dict) and "error" in r], report
+    assert report["discovery"]["bf16_agrees_with_fp32"] > 0 and report["train_step"]["fp32"]["step_s"] > 0
+    assert report["recipe"]["finetune_precision"] == "bf16" and "finetune" in report["recipe"]["stage_seconds"]
+    assert (tmp_path / "recipe_summary.json").is_file()
