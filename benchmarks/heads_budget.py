@@ -82,6 +82,12 @@ def main(argv=None) -> None:
         getattr(bench, phase)()
 
 
+def _batches(*tensors, size: int = 64) -> list[tuple]:
+    """Aligned tensors cut into tuples of `size` rows: the loader shape prune's scorers and re-fits take."""
+    n = len(tensors[0])
+    return [tuple(t[s:s + size] for t in tensors) for s in range(0, n, size)]
+
+
 class Bench:
     def __init__(self, args, out: Path):
         from prune.models import load_model
@@ -115,8 +121,7 @@ class Bench:
         return top1(model, x, y)
 
     def calibration(self, seed: int):
-        x, y = self.images(self.args.train_split, self.args.calibration_images, seed)
-        return [(x[s:s + 64], y[s:s + 64]) for s in range(0, len(y), 64)]
+        return _batches(*self.images(self.args.train_split, self.args.calibration_images, seed))
 
     # ---------------------------------------------------------------------------------- methods
     def prepare(self, seed: int) -> dict:
@@ -166,11 +171,11 @@ class Bench:
 
         p = self.shipped
         x, _ = self.images(self.args.train_split, p.reconstruct_images, seed + 1)
-        refit(model, self.dense, [(x[s:s + 64],) for s in range(0, len(x), 64)], ridge=p.reconstruct_ridge,
+        refit(model, self.dense, _batches(x), ridge=p.reconstruct_ridge,
               prefix_weight=prefix_weight_for(model, p.reconstruct_prefix_share))
         if p.reconstruct_head_images:
             x, _ = self.images(self.args.train_split, p.reconstruct_head_images, seed + 2)
-            refit_head(model, self.dense, [(x[s:s + 64],) for s in range(0, len(x), 64)], ridge=p.reconstruct_ridge)
+            refit_head(model, self.dense, _batches(x), ridge=p.reconstruct_ridge)
 
     def tp_prune(self, target: float, graded):
         """Torch-Pruning's ViT recipe, its ratio bisected to remove at least `target` of the MACs."""
