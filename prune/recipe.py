@@ -111,6 +111,22 @@ def _target(v, key: str):
     return [float(x) for x in v] if isinstance(v, list) else float(v)
 
 
+def _drop_unpruned_kinds(p) -> None:
+    """Per-kind settings for a kind `prune.units` leaves alone: a cap or a rounding constrains nothing there and is
+    dropped (a recipe capping heads still works with `--set prune.units=[ffn]`); a floor above 0 would demand
+    removing units that are never pruned and is refused, with the fix."""
+    for key in ("max_layer_ratio", "min_layer_ratio", "round_to"):
+        value = getattr(p, key)
+        if not isinstance(value, dict):
+            continue
+        unpruned = sorted(set(value) - set(p.units))
+        if key == "min_layer_ratio" and any(value[k] > 0 for k in unpruned):
+            raise ValueError(f"prune.min_layer_ratio makes blocks lose {', '.join(unpruned)}, which prune.units "
+                             f"{p.units} does not prune; add it to prune.units or drop its floor")
+        if unpruned:
+            setattr(p, key, {k: v for k, v in value.items() if k in p.units})
+
+
 class PruneCfg(_Section):
     units: list[str] = Field(default_factory=lambda: ["ffn"])  # what is pruned: ffn (neurons), heads (attention heads)
     ratio: float | list[float] = 0.5  # fraction of each pruned kind's units removed
@@ -292,6 +308,7 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _consistent(self):
         p = self.prune
+        _drop_unpruned_kinds(p)
         key = p.swept()
         if key is not None:
             others = [k for k in TARGETS if k != key and isinstance(getattr(p, k), list)]
@@ -309,11 +326,6 @@ class Recipe(_Section):
                     raise ValueError(f"with prune.{key} {value:g}: {_describe(err).removeprefix('recipe: ')}") from None
             return self
         caps = p.max_layer_ratio if isinstance(p.max_layer_ratio, dict) else {k: p.max_layer_ratio for k in p.units}
-        for key, value in (("max_layer_ratio", p.max_layer_ratio), ("min_layer_ratio", p.min_layer_ratio),
-                           ("round_to", p.round_to)):
-            extra = sorted(set(value) - set(p.units)) if isinstance(value, dict) else []
-            if extra:
-                raise ValueError(f"prune.{key} names {', '.join(extra)}, which prune.units {p.units} does not prune")
         if (p.macs_ratio is None and p.latency_ratio is None and p.scope == "global"
                 and min(caps.get(k, MAX_LAYER_RATIO) for k in p.units) < p.ratio):
             raise ValueError(f"prune.max_layer_ratio {p.max_layer_ratio} < prune.ratio {p.ratio}: "

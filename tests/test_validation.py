@@ -149,3 +149,18 @@ def test_random_corruptions_never_trace_back_or_write(tmp_path, capsys, monkeypa
         outcomes[rc] += 1
     assert outcomes[2] >= 10  # most corruptions are caught ...
     assert len(ran) == outcomes[0]  # ... and the rest are valid recipes that would run
+
+
+def test_a_recipe_capping_heads_runs_with_ffn_only_and_a_floor_on_an_unpruned_kind_is_refused(tmp_path, capsys):
+    """The README's advice below ~1.5x (`--set prune.units=[ffn]` on the CIFAR recipe, whose caps name heads):
+    a cap or rounding of a kind left alone constrains nothing and is dropped; a floor would demand the impossible."""
+    from prune.recipe import load_recipe
+
+    r = load_recipe("cifar10_vit_tiny_50pct.yaml", ["prune.units=[ffn]"])
+    assert r.prune.units == ["ffn"] and r.prune.max_layer_ratio == {"ffn": 1.0}
+    r = load_recipe("vit_b16_50pct.yaml", ["prune.units=[ffn]", "prune.round_to={ffn: 64, heads: 2}"])
+    assert r.prune.round_to == {"ffn": 64} and "heads" not in r.prune.max_layer_ratio
+    assert load_recipe("quickstart.yaml", ["prune.units=[ffn]", "prune.min_layer_ratio={heads: 0.0}"]).prune.min_layer_ratio == {}
+    fails_cleanly(capsys, ["--recipe", str(QUICK), "--set", "prune.units=[ffn]", "--set",
+                           "prune.min_layer_ratio={ffn: 0.1, heads: 0.2}", "--out", str(tmp_path / "run")],
+                  tmp_path / "run", "prune.min_layer_ratio makes blocks lose heads", "add it to prune.units")
