@@ -119,11 +119,11 @@ def _drop_unpruned_kinds(p) -> None:
         value = getattr(p, key)
         if not isinstance(value, dict):
             continue
-        unpruned = sorted(set(value) - set(p.units))
-        if key == "min_layer_ratio" and any(value[k] > 0 for k in unpruned):
-            raise ValueError(f"prune.min_layer_ratio makes blocks lose {', '.join(unpruned)}, which prune.units "
+        floored = sorted(k for k, v in value.items() if k not in p.units and v > 0)
+        if key == "min_layer_ratio" and floored:
+            raise ValueError(f"prune.min_layer_ratio makes blocks lose {', '.join(floored)}, which prune.units "
                              f"{p.units} does not prune; add it to prune.units or drop its floor")
-        if unpruned:
+        if set(value) - set(p.units):
             setattr(p, key, {k: v for k, v in value.items() if k in p.units})
 
 
